@@ -1,0 +1,37 @@
+# Every target bootstraps its own virtualenv: nothing has to be installed by hand.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?=
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+.PHONY: run test lint check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: serve the gateway on $(HOST):$(PORT); without CONFIG=FILE it starts the embedded upstream
+run: $(STAMP)
+	$(BIN)/gateway serve $(if $(CONFIG),--config $(CONFIG)) --host $(HOST) --port $(PORT)
+
+## lint: ruff and mypy strict
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## test: lint, then the whole test suite
+test: lint
+	$(BIN)/pytest -q
+
+## bench: the gateway against a direct call to the same upstream, side by side
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,61 @@
+"""Reading a request body from ASGI: media type, size limit (with or without Content-Length)."""
+
+from __future__ import annotations
+
+from litestar.types import Receive, Scope
+
+from .errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case), if any."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def check_json_media_type(scope: Scope) -> None:
+    """415 unless the request declares `application/json` (parameters such as charset allowed)."""
+    value = header(scope, b"content-type")
+    media = value.split(b";", 1)[0].strip().lower() if value is not None else b""
+    if media != b"application/json":
+        shown = value.decode("latin-1")[:100] if value is not None else "none"
+        raise UnsupportedMediaType(
+            f"Unsupported Content-Type '{shown}': send the body as application/json.",
+        )
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, or 413 as soon as it is known to exceed `limit` bytes."""
+    declared = header(scope, b"content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidRequest("Invalid Content-Length header.") from None
+        if size > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the {limit} bytes this gateway accepts.")

@@ -1,0 +1,72 @@
+"""What the gateway knows about one request while it runs, and its canonical log line."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .usage import Outcome
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request's facts, filled in by each step and logged once at the end."""
+
+    request_id: str
+    started: float
+    method: str = "POST"
+    path: str = ""
+    model: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    status: int = 0
+    upstream_status: int | None = None
+    error_code: str | None = None
+    stream_error: str | None = None
+    first_byte_at: float | None = None
+    first_token_at: float | None = None
+    terminal_event: str | None = None
+    outcome: Outcome | None = None
+    response_started: bool = False
+    response_complete: bool = False
+    client_disconnected: bool = False
+
+    def log_fields(self) -> dict[str, Any]:
+        """The canonical log line's fields (never a credential: none is kept here)."""
+        now = time.perf_counter()
+        usage = self.outcome.usage if self.outcome else None
+        return {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "model": self.model,
+            "provider": self.provider,
+            "upstream_model": self.upstream_model,
+            "stream": self.stream,
+            "status": self.status,
+            "upstream_status": self.upstream_status,
+            "error_code": self.error_code,
+            "stream_error": self.stream_error,
+            "latency_ms": _ms(self.started, now),
+            "ttfb_ms": _ms(self.started, self.first_byte_at),
+            "ttft_ms": _ms(self.started, self.first_token_at),
+            "terminal_event": self.terminal_event,
+            "response_id": self.outcome.response_id if self.outcome else None,
+            "response_status": self.outcome.status if self.outcome else None,
+            "input_tokens": usage.input_tokens if usage else None,
+            "cached_input_tokens": usage.cached_input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "total_tokens": usage.total_tokens if usage else None,
+            "user": self.user,
+            "metadata": self.metadata,
+            "client_disconnected": self.client_disconnected,
+        }
+
+
+def _ms(start: float, end: float | None) -> float | None:
+    return None if end is None else round((end - start) * 1000, 3)

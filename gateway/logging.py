@@ -1,0 +1,47 @@
+"""structlog set up the way the structlog docs recommend for services.
+
+Context variables first, one JSON object per line on stdout (or a readable console format),
+and one canonical line per request written by the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import msgspec
+import structlog
+
+from .settings import LoggingSettings
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _encode(event: dict[str, Any], **_: Any) -> bytes:
+    return msgspec.json.encode(event)
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    """Configure structlog (process-wide by nature, so only the CLI and tests call this)."""
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if settings.format == "json":
+        processors.append(structlog.processors.format_exc_info)
+        processors.append(structlog.processors.JSONRenderer(serializer=_encode))
+        factory: Any = structlog.BytesLoggerFactory(sys.stdout.buffer)
+    else:
+        processors.append(structlog.dev.ConsoleRenderer())
+        factory = structlog.PrintLoggerFactory(sys.stdout)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+    # uvicorn's own loggers: same level, same stream; its access log is replaced by ours.
+    logging.basicConfig(stream=sys.stdout, level=_LEVELS[settings.level], format="%(message)s")
+    logging.getLogger("uvicorn.access").disabled = True

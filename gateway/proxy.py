@@ -1,0 +1,275 @@
+"""POST /v1/responses: authenticate → validate → limit → route → forward → account.
+
+Written as a plain ASGI handler so the hot path owns its bytes: the body is read once with a
+size limit, only the fields to check are decoded, and the upstream's chunks are sent to the
+client the moment they arrive, unchanged. A watcher on the client connection cancels the
+upstream request as soon as the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+import secrets
+import time
+import zlib
+from typing import Any
+
+import aiohttp
+import msgspec
+from litestar.types import Receive, Scope, Send
+
+from .body import ClientGone, check_json_media_type, header, read_body
+from .errors import BadGateway, GatewayError, GatewayTimeout, MethodNotAllowed, error_body
+from .exchange import Exchange
+from .headers import downstream_headers, upstream_headers
+from .routing import Route, Router
+from .sse import StreamTap
+from .upstream import Upstreams
+from .usage import outcome_from_response
+from .validation import parse_request
+
+_CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_SSE = b"text/event-stream"
+
+
+class _ErrorFrame(msgspec.Struct, omit_defaults=True):
+    type: str
+    code: str
+    message: str
+    param: str | None = None
+    sequence_number: int | None = None
+
+
+class _UpstreamErrorEnvelope(msgspec.Struct):
+    error: dict[str, Any]
+
+
+_frame_encoder = msgspec.json.Encoder()
+_envelope_decoder = msgspec.json.Decoder(_UpstreamErrorEnvelope)
+
+
+def request_id_for(scope: Scope) -> str:
+    """The client's `x-request-id` when it is a sane token, else a new one."""
+    given = header(scope, b"x-request-id")
+    if given is not None and _CLIENT_REQUEST_ID.match(given):
+        return given.decode("ascii")
+    return "req_" + secrets.token_hex(12)
+
+
+class ResponsesEndpoint:
+    """The ASGI handler for POST /v1/responses."""
+
+    def __init__(self, router: Router, upstreams: Upstreams, max_body_bytes: int, log: Any) -> None:
+        self._router = router
+        self._upstreams = upstreams
+        self._max_body = max_body_bytes
+        self._log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = Exchange(request_id_for(scope), time.perf_counter())
+        ex.method = scope["method"]
+        ex.path = scope["path"]
+        try:
+            await self._handle(ex, scope, receive, send)
+        except GatewayError as exc:
+            ex.error_code = exc.code
+            if not ex.response_started:
+                await _send_error(send, ex, exc)
+        except ClientGone:
+            ex.client_disconnected = True
+        finally:
+            self._log.info("request", **ex.log_fields())
+
+    async def _handle(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        if ex.method != "POST":
+            raise MethodNotAllowed(
+                f"Method {ex.method} is not allowed on {ex.path}; use POST.",
+                headers={"allow": "POST"},
+            )
+        check_json_media_type(scope)
+        body = await read_body(scope, receive, self._max_body)
+        request = parse_request(body)
+        ex.model, ex.stream, ex.user = request.model, bool(request.stream), request.user
+        ex.metadata = request.metadata
+        route = self._router.resolve(request.model)
+        ex.provider, ex.upstream_model = route.provider, route.upstream_model
+        await self._while_connected(ex, scope, receive, send, route, body)
+
+    async def _while_connected(
+        self, ex: Exchange, scope: Scope, receive: Receive, send: Send, route: Route, body: bytes
+    ) -> None:
+        """Forward, but stop (closing the upstream request) as soon as the client leaves."""
+        work = asyncio.ensure_future(self._forward(ex, scope, send, route, body))
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            gone.cancel()
+            raise
+        if work.done() or ex.response_complete:
+            gone.cancel()
+            await work  # its result, or its GatewayError for the caller to answer
+            return
+        ex.client_disconnected = True
+        work.cancel()
+        await asyncio.wait((work,))
+
+    async def _forward(
+        self, ex: Exchange, scope: Scope, send: Send, route: Route, body: bytes
+    ) -> None:
+        headers = upstream_headers(scope["headers"], route.fixed_headers, ex.request_id)
+        response = await self._upstreams.post(
+            route.provider, route.url, route.upstream_body(body), headers
+        )
+        finished = False
+        try:
+            ex.upstream_status = response.status
+            ex.first_byte_at = time.perf_counter()
+            if response.status in (401, 403):
+                raise BadGateway(
+                    f"The upstream provider '{route.provider}' rejected the gateway's own "
+                    f"credentials (HTTP {response.status}); your API key is fine. "
+                    "An operator must fix the provider key.",
+                    code="upstream_auth_failed",
+                )
+            if 300 <= response.status < 400:
+                raise BadGateway(
+                    f"The upstream provider '{route.provider}' answered with a redirect "
+                    f"(HTTP {response.status}); check its base_url.",
+                )
+            content_type = response.headers.get("content-type", "").encode("latin-1")
+            if response.status == 200 and content_type.startswith(_SSE):
+                finished = await _relay_stream(ex, send, response)
+            else:
+                await _relay_body(ex, send, response, route.provider)
+                finished = True
+        finally:
+            if finished:
+                response.release()
+            else:
+                response.close()  # the upstream sees the connection close
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _relay_stream(ex: Exchange, send: Send, response: aiohttp.ClientResponse) -> bool:
+    """Send the upstream's SSE chunks as they come; False when the upstream broke off."""
+    headers = downstream_headers(response.raw_headers, ex.request_id.encode())
+    names = {name for name, _ in headers}
+    if b"cache-control" not in names:
+        headers.append((b"cache-control", b"no-cache"))
+    headers.append((b"x-accel-buffering", b"no"))
+    ex.status = response.status
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    ex.response_started = True
+    tap = StreamTap()
+    try:
+        async for chunk in response.content.iter_any():
+            tap.feed(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        tap.close()
+        _record(ex, tap)
+        timed_out = isinstance(exc, TimeoutError)
+        ex.stream_error = "upstream_timeout" if timed_out else "upstream_disconnected"
+        if tap.at_frame_boundary:
+            frame = _ErrorFrame(
+                type="error",
+                code=ex.stream_error,
+                message="The upstream provider stopped "
+                + ("answering" if timed_out else "the stream")
+                + " before the response was complete.",
+                sequence_number=tap.next_sequence_number(),
+            )
+            data = b"event: error\ndata: " + _frame_encoder.encode(frame) + b"\n\n"
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        # Returning without the final chunk makes the server close the connection: the
+        # client's HTTP library reports an incomplete body instead of a clean end.
+        return False
+    tap.close()
+    _record(ex, tap)
+    ex.response_complete = True
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return True
+
+
+def _record(ex: Exchange, tap: StreamTap) -> None:
+    ex.first_token_at = tap.first_token_at
+    ex.terminal_event = tap.terminal_event
+    ex.outcome = tap.outcome
+
+
+async def _relay_body(
+    ex: Exchange, send: Send, response: aiohttp.ClientResponse, provider: str
+) -> None:
+    try:
+        body = await response.read()
+    except TimeoutError as exc:
+        raise GatewayTimeout(
+            f"The upstream provider '{provider}' stopped sending its answer.",
+            code="upstream_timeout",
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise BadGateway(
+            f"The upstream provider '{provider}' broke off its answer ({type(exc).__name__}).",
+            code="upstream_unavailable",
+        ) from exc
+    headers = downstream_headers(response.raw_headers, ex.request_id.encode())
+    status = response.status
+    if status >= 400 and not _is_error_envelope(body, response):
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = error_body(
+            f"The upstream provider '{provider}' answered HTTP {status} without an error body.",
+            kind,
+            None,
+            "upstream_error",
+        )
+        headers = [(n, v) for n, v in headers if n not in (b"content-type", b"content-encoding")]
+        headers.append((b"content-type", b"application/json"))
+    elif status == 200:
+        ex.outcome = outcome_from_response(_decoded(body, response))
+    headers.append((b"content-length", str(len(body)).encode()))
+    ex.status = status
+    ex.response_started = True
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    ex.response_complete = True
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _decoded(body: bytes, response: aiohttp.ClientResponse) -> bytes:
+    """The body as JSON text, for reading usage only (the client gets the original bytes)."""
+    encoding = response.headers.get("content-encoding", "identity").lower()
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except (OSError, zlib.error, EOFError):
+        return b""
+    return body
+
+
+def _is_error_envelope(body: bytes, response: aiohttp.ClientResponse) -> bool:
+    try:
+        return isinstance(_envelope_decoder.decode(_decoded(body, response)).error, dict)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False
+
+
+async def _send_error(send: Send, ex: Exchange, exc: GatewayError) -> None:
+    body = exc.body()
+    ex.status = exc.status
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", ex.request_id.encode()),
+    ]
+    headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,144 @@
+"""Decode and check a /v1/responses request body, before any upstream is contacted.
+
+Only the fields the gateway checks or needs are decoded; everything else (the API grows every
+month) stays in the body that is forwarded untouched. Rules come from the endpoint documentation
+and the official OpenAPI spec.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+
+from .errors import InvalidRequest
+
+_Str64 = Annotated[str, msgspec.Meta(max_length=64)]
+_Str512 = Annotated[str, msgspec.Meta(max_length=512)]
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOOL_CHOICE_MODES = ("none", "auto", "required")
+_PATH = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
+
+
+class ResponsesRequest(msgspec.Struct, frozen=True):
+    """The checked part of a request; unknown fields are ignored here and forwarded as sent."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    input: str | list[dict[str, msgspec.Raw]]
+    instructions: str | None = None
+    stream: bool | None = False
+    stream_options: dict[str, msgspec.Raw] | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    max_output_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    metadata: Annotated[dict[_Str64, _Str512], msgspec.Meta(max_length=16)] | None = None
+    user: str | None = None
+
+
+_decoder = msgspec.json.Decoder(ResponsesRequest)
+
+
+def parse_request(body: bytes) -> ResponsesRequest:
+    """Decode `body` and apply every rule; raise `InvalidRequest` naming the field."""
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        request = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _invalid(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON ({exc}).") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not valid UTF-8.") from None
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.") from None
+    _check(request)
+    return request
+
+
+def _invalid(message: str) -> InvalidRequest:
+    match = _PATH.search(message)
+    detail = message[: match.start()] if match else message
+    param = _param(match.group("path")) if match else ""
+    if match and match.group("key"):
+        detail = f"{detail} (in a key)"
+    if detail.startswith("Object missing required field `"):
+        field = detail.split("`")[1]
+        param = f"{param}.{field}" if param else field
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if detail.startswith("Object contains unknown field"):
+        return InvalidRequest(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+    if not param:  # the top level is not an object at all
+        return InvalidRequest(f"Invalid request body: {detail[0].lower()}{detail[1:]}.")
+    return InvalidRequest(f"Invalid '{param}': {detail[0].lower()}{detail[1:]}.", param=param, code="invalid_value")
+
+
+def _param(path: str) -> str:
+    """`$.metadata[...]`-style paths from msgspec to OpenAI's `param` spelling."""
+    path = path.lstrip(".")
+    # msgspec names a dict key as `...` and keeps list indexes: metadata[...] → metadata
+    return path.replace("[...]", "")
+
+
+def _check(request: ResponsesRequest) -> None:
+    if request.stream_options is not None and not request.stream:
+        raise InvalidRequest(
+            "Invalid 'stream_options': only allowed when 'stream' is true.",
+            param="stream_options",
+            code="invalid_value",
+        )
+    if request.tools is not None:
+        for index, tool in enumerate(request.tools):
+            _check_tool(index, tool)
+    if request.tool_choice is not None:
+        _check_tool_choice(request.tool_choice)
+
+
+def _check_tool(index: int, tool: dict[str, Any]) -> None:
+    where = f"tools[{index}]"
+    kind = tool.get("type")
+    if kind is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{where}.type'.",
+            param=f"{where}.type",
+            code="missing_required_parameter",
+        )
+    if not isinstance(kind, str):
+        raise _bad(f"{where}.type", "expected a string")
+    if kind != "function":
+        return  # built-in tools (web_search, mcp, ...) are the provider's to check
+    name = tool.get("name")
+    if name is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{where}.name'.",
+            param=f"{where}.name",
+            code="missing_required_parameter",
+        )
+    if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+        raise _bad(f"{where}.name", "expected 1 to 64 characters of a-z, A-Z, 0-9, _ and -")
+    if "description" in tool and not isinstance(tool["description"], str | None):
+        raise _bad(f"{where}.description", "expected a string")
+    if "parameters" in tool and not isinstance(tool["parameters"], dict | None):
+        raise _bad(f"{where}.parameters", "expected a JSON Schema object")
+    if "strict" in tool and not isinstance(tool["strict"], bool | None):
+        raise _bad(f"{where}.strict", "expected a boolean")
+
+
+def _check_tool_choice(choice: str | dict[str, Any]) -> None:
+    if isinstance(choice, str):
+        if choice not in _TOOL_CHOICE_MODES:
+            raise _bad("tool_choice", "expected one of 'none', 'auto', 'required' or an object")
+        return
+    kind = choice.get("type")
+    if not isinstance(kind, str):
+        raise _bad("tool_choice.type", "expected a string")
+    if kind == "function" and not isinstance(choice.get("name"), str):
+        raise _bad("tool_choice.name", "expected the name of a function tool")
+
+
+def _bad(param: str, expected: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid '{param}': {expected}.", param=param, code="invalid_value")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Litestar, Request, Response, asgi
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
@@ -63,11 +65,11 @@ def _render(exc: GatewayError, request_id: str | None = None) -> Response[bytes]
     )
 
 
-def _gateway_error(_: Request[object, object, object], exc: GatewayError) -> Response[bytes]:
+def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
     return _render(exc)
 
 
-def _http_exception(_: Request[object, object, object], exc: HTTPException) -> Response[bytes]:
+def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     """Litestar's own errors (unknown path, wrong method) in the OpenAI shape."""
     status = exc.status_code
     code = {404: "not_found", 405: "method_not_allowed"}.get(status)
@@ -76,6 +78,6 @@ def _http_exception(_: Request[object, object, object], exc: HTTPException) -> R
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def _unexpected(request: Request[object, object, object], exc: Exception) -> Response[bytes]:
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     request.logger.exception("unhandled_error", path=request.url.path)
     return _render(InternalError("The gateway failed to handle this request."))

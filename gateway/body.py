@@ -46,7 +46,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]  # http.request carries bytes
         if chunk:
             total += len(chunk)
             if total > limit:
@@ -58,4 +58,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body is larger than the {limit} bytes this gateway accepts.")
+    return PayloadTooLarge(
+        f"The request body is larger than the {limit} bytes this gateway accepts."
+    )

@@ -15,7 +15,12 @@ import structlog
 
 from .settings import LoggingSettings
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _encode(event: dict[str, Any], **_: Any) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import re
 import secrets
 import time
@@ -50,12 +51,23 @@ _frame_encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(_UpstreamErrorEnvelope)
 
 
-def request_id_for(scope: Scope) -> str:
-    """The client's `x-request-id` when it is a sane token, else a new one."""
-    given = header(scope, b"x-request-id")
-    if given is not None and _CLIENT_REQUEST_ID.match(given):
-        return given.decode("ascii")
-    return "req_" + secrets.token_hex(12)
+class RequestIds:
+    """Request ids: the client's `x-request-id` when it is a sane token, else a new one.
+
+    New ids are a random per-process prefix and a counter: unique across replicas without a
+    system call per request.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def for_scope(self, scope: Scope) -> str:
+        """The id of the request in `scope`."""
+        given = header(scope, b"x-request-id")
+        if given is not None and _CLIENT_REQUEST_ID.match(given):
+            return given.decode("ascii")
+        return f"{self._prefix}{next(self._counter):08x}"
 
 
 class ResponsesEndpoint:
@@ -66,10 +78,11 @@ class ResponsesEndpoint:
         self._upstreams = upstreams
         self._max_body = max_body_bytes
         self._log = log
+        self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex = Exchange(request_id_for(scope), time.perf_counter())
-        ex.method = scope["method"]
+        ex = Exchange(self._ids.for_scope(scope), time.perf_counter())
+        ex.method = scope["method"]  # type: ignore[typeddict-item]  # routed here for HTTP only
         ex.path = scope["path"]
         try:
             await self._handle(ex, scope, receive, send)
@@ -100,22 +113,23 @@ class ResponsesEndpoint:
     async def _while_connected(
         self, ex: Exchange, scope: Scope, receive: Receive, send: Send, route: Route, body: bytes
     ) -> None:
-        """Forward, but stop (closing the upstream request) as soon as the client leaves."""
-        work = asyncio.ensure_future(self._forward(ex, scope, send, route, body))
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        """Forward, but stop (closing the upstream request) as soon as the client leaves.
+
+        One watcher task per request cancels this one on disconnect; cheaper than running
+        the forwarding in a task of its own and waiting on both.
+        """
+        task = asyncio.current_task()
+        if task is None:  # ASGI servers always run requests in tasks
+            raise RuntimeError("the request is not running in an asyncio task")
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, ex))
         try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+            await self._forward(ex, scope, send, route, body)
         except asyncio.CancelledError:
-            work.cancel()
-            gone.cancel()
-            raise
-        if work.done() or ex.response_complete:
-            gone.cancel()
-            await work  # its result, or its GatewayError for the caller to answer
-            return
-        ex.client_disconnected = True
-        work.cancel()
-        await asyncio.wait((work,))
+            if not ex.client_disconnected:
+                raise
+            task.uncancel()
+        finally:
+            watcher.cancel()
 
     async def _forward(
         self, ex: Exchange, scope: Scope, send: Send, route: Route, body: bytes
@@ -153,9 +167,13 @@ class ResponsesEndpoint:
                 response.close()  # the upstream sees the connection close
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], ex: Exchange) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    # uvicorn also reports a disconnect once the response is complete: that is no departure.
+    if not ex.response_complete:
+        ex.client_disconnected = True
+        task.cancel()
 
 
 async def _relay_stream(ex: Exchange, send: Send, response: aiohttp.ClientResponse) -> bool:

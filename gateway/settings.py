@@ -164,7 +164,9 @@ def _check_references(settings: Settings, source: str) -> None:
 def _expand(node: Any, env: dict[str, str], path: Path, where: str) -> Any:
     """Replace ${VAR} references in every string of the tree."""
     if isinstance(node, dict):
-        return {k: _expand(v, env, path, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+        return {
+            k: _expand(v, env, path, f"{where}.{k}" if where else str(k)) for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_expand(v, env, path, f"{where}[{i}]") for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:

@@ -16,7 +16,12 @@ from .usage import Outcome, outcome_from_event
 TERMINAL_EVENTS = frozenset(
     {"response.completed", "response.incomplete", "response.failed", "error"}
 )
-_TERMINAL_HINTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"', b'"error"')
+_TERMINAL_HINTS = (
+    b'"response.completed"',
+    b'"response.incomplete"',
+    b'"response.failed"',
+    b'"error"',
+)
 _EOL = re.compile(rb"\r\n|\r|\n")
 _SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
 

@@ -7,8 +7,6 @@ aiohttp transport about 1,650, where aiohttp alone carries about 4,100.
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 
 from .errors import BadGateway, GatewayTimeout
@@ -56,14 +54,13 @@ class Upstreams:
             return await self._sessions[provider].post(
                 url, data=body, headers=headers, allow_redirects=False
             )
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise GatewayTimeout(
                 f"The upstream provider '{provider}' did not answer in time.",
                 code="upstream_timeout",
             ) from exc
         except aiohttp.ClientError as exc:
             raise BadGateway(
-                f"The upstream provider '{provider}' could not be reached "
-                f"({type(exc).__name__}).",
+                f"The upstream provider '{provider}' could not be reached ({type(exc).__name__}).",
                 code="upstream_unavailable",
             ) from exc

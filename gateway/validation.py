@@ -69,12 +69,20 @@ def _invalid(message: str) -> InvalidRequest:
     if detail.startswith("Object missing required field `"):
         field = detail.split("`")[1]
         param = f"{param}.{field}" if param else field
-        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
     if detail.startswith("Object contains unknown field"):
-        return InvalidRequest(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+        return InvalidRequest(
+            f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter"
+        )
     if not param:  # the top level is not an object at all
         return InvalidRequest(f"Invalid request body: {detail[0].lower()}{detail[1:]}.")
-    return InvalidRequest(f"Invalid '{param}': {detail[0].lower()}{detail[1:]}.", param=param, code="invalid_value")
+    return InvalidRequest(
+        f"Invalid '{param}': {detail[0].lower()}{detail[1:]}.", param=param, code="invalid_value"
+    )
 
 
 def _param(path: str) -> str:

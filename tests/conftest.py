@@ -1,0 +1,127 @@
+"""Shared fixtures: real upstream and gateway processes on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.procs import ServerProcess, free_port, python_module
+
+PROVIDER_KEY = "sk-provider-Zx81secretvalue-never-logged"
+"""The provider key every test gateway injects upstream; it must never reach a client or log."""
+CLIENT_KEY = "sk-client-Q7secret-never-forwarded"
+
+
+@pytest.fixture(scope="session")
+def scripted_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The test-scripted upstream (tests/support/scripted_upstream.py) in its own process."""
+    port = free_port()
+    server = ServerProcess(python_module("tests.support.scripted_upstream", str(port)), port)
+    server.start(tmp_path_factory.mktemp("scripted") / "upstream.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The product's own upstream (gateway.mock) in its own process."""
+    port = free_port()
+    argv = python_module("gateway.mock", "--host", "127.0.0.1", "--port", str(port))
+    server = ServerProcess(argv, port)
+    server.start(tmp_path_factory.mktemp("mock") / "mock.log")
+    yield server
+    server.stop()
+
+
+GatewayFactory = Callable[[dict[str, Any]], ServerProcess]
+
+
+@pytest.fixture(scope="session")
+def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
+    """Start `gateway serve --config FILE` processes for a config mapping; all stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def start(config: dict[str, Any]) -> ServerProcess:
+        folder = tmp_path_factory.mktemp("gateway")
+        config_path = folder / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        argv = python_module("gateway", "serve", "--config", str(config_path), "--port", str(port))
+        server = ServerProcess(argv, port, ready_path="/readyz", env={"PROVIDER_KEY": PROVIDER_KEY})
+        started.append(server)
+        return server.start(folder / "gateway.log")
+
+    yield start
+    for server in started:
+        server.stop()
+    leaked = [s.log_path for s in started if s.log_path and _has_secret(s.log_path)]
+    assert not leaked, f"a secret appeared in gateway logs: {leaked}"
+
+
+def _has_secret(path: Path) -> bool:
+    text = path.read_text(errors="replace")
+    return PROVIDER_KEY in text or CLIENT_KEY in text
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_factory: GatewayFactory, scripted_upstream: ServerProcess) -> ServerProcess:
+    """A gateway in front of the scripted upstream (and a provider nobody listens for)."""
+    return gateway_factory(
+        {
+            "providers": {
+                "scripted": {
+                    "base_url": scripted_upstream.url + "/v1",
+                    "api_key": "${PROVIDER_KEY}",
+                    "read_timeout": 3,
+                },
+                "strict": {
+                    "base_url": scripted_upstream.url + "/v1",
+                    "api_key": "${PROVIDER_KEY}",
+                    "drop_fields": ["stop", "stream_options"],
+                },
+                "nowhere": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "k"},
+            },
+            "models": [
+                {"name": "scripted", "provider": "scripted"},
+                {"name": "renamed", "provider": "scripted", "upstream_model": "upstream-name"},
+                {"name": "strict", "provider": "strict"},
+                {"name": "nowhere", "provider": "nowhere"},
+            ],
+            "server": {"max_body_bytes": 1024 * 1024},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def mock_gateway(gateway_factory: GatewayFactory, mock_upstream: ServerProcess) -> ServerProcess:
+    """A gateway in front of the product's own upstream, `gateway.mock`, in its own process."""
+    return gateway_factory(
+        {
+            "providers": {
+                "mock": {"base_url": mock_upstream.url + "/v1", "api_key": "${PROVIDER_KEY}"}
+            },
+            "models": [{"name": "mock-gpt", "provider": "mock"}],
+        }
+    )
+
+
+def upstream_requests(upstream: ServerProcess) -> list[dict[str, Any]]:
+    """What the scripted upstream received so far."""
+    import urllib.request
+
+    with urllib.request.urlopen(upstream.url + "/_requests") as resp:  # noqa: S310
+        return list(json.load(resp))
+
+
+def log_lines(server: ServerProcess) -> list[dict[str, Any]]:
+    """The JSON lines a gateway process wrote to stdout."""
+    lines = []
+    for line in server.output().splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines

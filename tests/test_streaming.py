@@ -1,0 +1,165 @@
+"""Streams cross the gateway byte for byte; usage is read from them; failures stay visible."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import log_lines
+from tests.streams import edge_case_streams, expected_usage, recorded_transcripts
+from tests.support.procs import ServerProcess
+
+BODY = {"model": "scripted", "input": "hi", "stream": True}
+
+
+def _log_for(gateway: ServerProcess, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The canonical log line of one request (written once the response has ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log_lines(gateway):
+            if line.get("request_id") == request_id and line.get("event") == "request":
+                return line
+        time.sleep(0.02)
+    raise AssertionError(f"no log line for {request_id}:\n{gateway.output()[-2000:]}")
+
+
+def _replay(gateway: ServerProcess, path: Path, seed: int, max_chunk: int) -> httpx.Response:
+    headers = {
+        "x-replay-file": str(path),
+        "x-replay-seed": str(seed),
+        "x-replay-max-chunk": str(max_chunk),
+    }
+    with httpx.Client(timeout=30) as client, client.stream(
+        "POST", gateway.url + "/v1/responses", json=BODY, headers=headers
+    ) as response:
+        response.read()
+        return response
+
+
+def _streams(tmp: Path) -> list[tuple[str, Path]]:
+    found = [(p.name, p) for p in recorded_transcripts()]
+    for name, data in edge_case_streams().items():
+        path = tmp / f"{name}.stream"
+        path.write_bytes(data)
+        found.append((name, path))
+    return found
+
+
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Path]]:
+    """Every recorded transcript and every hand-written edge case, as files to replay."""
+    return _streams(tmp_path_factory.mktemp("streams"))
+
+
+@pytest.mark.parametrize(("seed", "max_chunk"), [(1, 1), (2, 7), (3, 64), (4, 4096)])
+def test_streams_arrive_byte_for_byte(
+    gateway: ServerProcess, streams: list[tuple[str, Path]], seed: int, max_chunk: int
+) -> None:
+    """Replayed in random chunk sizes, every stream reaches the client identical, usage read."""
+    for name, path in streams:
+        original = path.read_bytes()
+        response = _replay(gateway, path, seed, max_chunk)
+        assert response.status_code == 200, name
+        assert response.content == original, name
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-accel-buffering"] == "no"
+        assert "content-encoding" not in response.headers
+        line = _log_for(gateway, response.headers["x-request-id"])
+        usage = expected_usage(original)
+        assert usage is not None
+        assert line["input_tokens"] == usage["input_tokens"], name
+        assert line["output_tokens"] == usage["output_tokens"], name
+        assert line["total_tokens"] == usage["total_tokens"], name
+        assert line["stream"] is True
+        assert line["ttft_ms"] is not None and line["ttft_ms"] >= line["ttfb_ms"], name
+        assert line["client_disconnected"] is False
+
+
+def test_nothing_is_buffered(gateway: ServerProcess) -> None:
+    """Each upstream chunk reaches the client before the upstream sends the next one."""
+    with httpx.Client(timeout=10) as client, client.stream(
+        "POST", gateway.url + "/v1/responses", json=BODY, headers={"x-script": "trickle"}
+    ) as response:
+        chunks = response.iter_raw()
+        first = next(chunks)
+        second = next(chunks)  # trickle waits 50 ms between frames: both arrived separately
+    assert first == b": tick\n\n"
+    assert second == b": tick\n\n"
+
+
+def _wait_closed(upstream: ServerProcess, request_id: str, within: float) -> float:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        closed = httpx.get(upstream.url + "/_closed").json()
+        if any(entry["request_id"] == request_id for entry in closed):
+            return time.monotonic()
+        time.sleep(0.02)
+    raise AssertionError(f"the upstream did not see {request_id} closed within {within}s")
+
+
+def test_disconnect_mid_stream_closes_upstream(
+    gateway: ServerProcess, scripted_upstream: ServerProcess
+) -> None:
+    """A client leaving mid-stream makes the gateway close the upstream request within 1 s."""
+    request_id = "disconnect-mid-stream-1"
+    headers = {"x-script": "trickle", "x-request-id": request_id}
+    with httpx.Client(timeout=10) as client, client.stream(
+        "POST", gateway.url + "/v1/responses", json=BODY, headers=headers
+    ) as response:
+        next(response.iter_raw())
+    left = time.monotonic()
+    _wait_closed(scripted_upstream, request_id, within=1.0)
+    assert time.monotonic() - left <= 1.0
+    line = _log_for(gateway, request_id)
+    assert line["client_disconnected"] is True
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_before_first_byte_closes_upstream(
+    gateway: ServerProcess, scripted_upstream: ServerProcess, stream: bool
+) -> None:
+    """A client leaving while the upstream is still silent gets the upstream request closed."""
+    request_id = f"disconnect-before-first-byte-{stream}"
+    headers = {"x-script": "hang", "x-request-id": request_id}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            gateway.url + "/v1/responses",
+            json={**BODY, "stream": stream},
+            headers=headers,
+            timeout=httpx.Timeout(10, read=0.3),
+        )
+    _wait_closed(scripted_upstream, request_id, within=1.0)
+    line = _log_for(gateway, request_id)
+    assert line["client_disconnected"] is True
+
+
+def test_upstream_dying_mid_stream_is_visible(mock_gateway: ServerProcess) -> None:
+    """When the upstream dies mid-stream the client gets an `error` event and no clean end."""
+    headers = {"x-mock-fault": "drop-after=5"}
+    received = b""
+    with httpx.Client(timeout=10) as client, client.stream(
+        "POST",
+        mock_gateway.url + "/v1/responses",
+        json={"model": "mock-gpt", "input": "tell me a story", "stream": True},
+        headers=headers,
+    ) as response:
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            for chunk in response.iter_raw():
+                received += chunk
+        request_id = response.headers["x-request-id"]
+    frames = [f for f in received.split(b"\n\n") if f]
+    assert frames[-1].startswith(b"event: error\ndata: ")
+    error = json.loads(frames[-1].split(b"data: ", 1)[1])
+    assert error["type"] == "error"
+    assert error["code"] == "upstream_disconnected"
+    assert error["sequence_number"] == 5
+    assert len(frames) == 6
+    line = _log_for(mock_gateway, request_id)
+    assert line["stream_error"] == "upstream_disconnected"
+    assert line["terminal_event"] is None

@@ -43,7 +43,7 @@ GatewayFactory = Callable[[dict[str, Any]], ServerProcess]
 
 @pytest.fixture(scope="session")
 def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
-    """Start `gateway serve --config FILE` processes for a config mapping; all stopped at the end."""
+    """Start `gateway serve --config FILE` processes from mappings; stop them all at the end."""
     started: list[ServerProcess] = []
 
     def start(config: dict[str, Any]) -> ServerProcess:

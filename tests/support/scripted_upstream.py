@@ -1,4 +1,4 @@
-"""A scripted upstream for tests, run as its own process: `python -m tests.support.scripted_upstream PORT`.
+"""A scripted upstream for tests, run as `python -m tests.support.scripted_upstream PORT`.
 
 POST /v1/responses answers according to request headers:
 - `x-replay-file: PATH` + `x-replay-seed: N` + `x-replay-max-chunk: M`: send the file's bytes as
@@ -44,11 +44,18 @@ def _app() -> web.Application:
             return web.Response(
                 status=int(parts["status"]),
                 body=parts.get("body", "").encode(),
-                content_type="application/json" if parts.get("body", "").startswith("{") else "text/html",
+                content_type="application/json"
+                if parts.get("body", "").startswith("{")
+                else "text/html",
             )
         return web.json_response(
-            {"id": "resp_1", "object": "response", "status": "completed", "output": [],
-             "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}}
+            {
+                "id": "resp_1",
+                "object": "response",
+                "status": "completed",
+                "output": [],
+                "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8},
+            }
         )
 
     async def get_requests(_: web.Request) -> web.Response:
@@ -75,7 +82,7 @@ def _app() -> web.Application:
 
 
 async def _replay(request: web.Request) -> web.StreamResponse:
-    data = Path(request.headers["x-replay-file"]).read_bytes()
+    data = Path(request.headers["x-replay-file"]).read_bytes()  # noqa: ASYNC240  (small test files)
     rng = random.Random(int(request.headers.get("x-replay-seed", "0")))
     biggest = int(request.headers.get("x-replay-max-chunk", "64"))
     response = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
@@ -92,7 +99,8 @@ async def _replay(request: web.Request) -> web.StreamResponse:
 async def _wait_closed(
     request: web.Request, rid: str, closed: list[dict[str, object]], since: float
 ) -> None:
-    while request.transport is not None and not request.transport.is_closing():
+    # aiohttp gives a handler no event for a peer that leaves without sending: poll the transport
+    while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     closed.append({"request_id": rid, "after_s": time.monotonic() - since})
 

@@ -64,8 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         loop="uvloop",
         http="httptools",
-        access_log=False,
+        access_log=False,  # the canonical request line replaces it
         log_config=None,
+        proxy_headers=False,  # client addresses are not used; spare the middleware
+        server_header=False,
         timeout_graceful_shutdown=30,
     )
     return 0

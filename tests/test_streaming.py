@@ -177,3 +177,54 @@ def test_upstream_dying_mid_stream_is_visible(mock_gateway: ServerProcess) -> No
     line = _log_for(mock_gateway, request_id)
     assert line["stream_error"] == "upstream_disconnected"
     assert line["terminal_event"] is None
+
+
+def test_upstream_silent_mid_stream_times_out_visibly(gateway: ServerProcess) -> None:
+    """An upstream silent past `read_timeout` mid-stream yields an `error` event, no clean end."""
+    received = b""
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", gateway.url + "/v1/responses", json=BODY, headers={"x-script": "stall"}
+        ) as response,
+    ):
+        chunks = response.iter_raw()
+        with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012  (the failure ends the loop)
+            for chunk in chunks:
+                received += chunk
+        request_id = response.headers["x-request-id"]
+    frames = [f for f in received.split(b"\n\n") if f]
+    assert len(frames) == 2
+    error = json.loads(frames[1].split(b"data: ", 1)[1])
+    assert error == {
+        "type": "error",
+        "code": "upstream_timeout",
+        "message": "The upstream provider stopped answering before the response was complete.",
+        "sequence_number": 1,
+    }
+    assert _log_for(gateway, request_id)["stream_error"] == "upstream_timeout"
+
+
+def test_canonical_log_line(gateway: ServerProcess) -> None:
+    """One JSON line per request carries model, provider, status, usage, user and metadata."""
+    response = httpx.post(
+        gateway.url + "/v1/responses",
+        json={"model": "renamed", "input": "hi", "user": "u-42", "metadata": {"team": "qa"}},
+        headers={"authorization": "Bearer sk-client-Q7secret-never-forwarded"},
+    )
+    assert response.status_code == 200
+    line = _log_for(gateway, response.headers["x-request-id"])
+    assert line["level"] == "info"
+    assert line["model"] == "renamed"
+    assert line["upstream_model"] == "upstream-name"
+    assert line["provider"] == "scripted"
+    assert line["status"] == 200
+    assert line["stream"] is False
+    assert line["user"] == "u-42"
+    assert line["metadata"] == {"team": "qa"}
+    assert (line["input_tokens"], line["output_tokens"], line["total_tokens"]) == (3, 5, 8)
+    assert line["latency_ms"] > 0
+    assert line["client_disconnected"] is False
+    rejected = httpx.post(gateway.url + "/v1/responses", json={"model": "nope", "input": "x"})
+    line = _log_for(gateway, rejected.headers["x-request-id"])
+    assert (line["status"], line["error_code"]) == (404, "model_not_found")

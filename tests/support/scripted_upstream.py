@@ -5,6 +5,7 @@ POST /v1/responses answers according to request headers:
   an SSE body in chunks of random sizes (1..M bytes), each written and drained separately.
 - `x-script: hang`: never answer; note when the gateway closes the connection.
 - `x-script: trickle`: send a comment frame every 50 ms, forever; note when the connection closes.
+- `x-script: stall`: send one complete SSE frame, then nothing more (the gateway's read timeout).
 - `x-script: status=CODE;body=TEXT`: answer CODE with the body TEXT (JSON or not).
 Every request's headers and body are recorded; GET /_requests returns them, GET /_closed the
 request ids whose connection the gateway closed, POST /_reset clears both.
@@ -37,6 +38,8 @@ def _app() -> web.Application:
         if script == "hang":
             await _wait_closed(request, rid, closed, time.monotonic())
             return web.Response(status=204)
+        if script == "stall":
+            return await _stall(request, rid, closed)
         if script == "trickle":
             return await _trickle(request, rid, closed)
         if script.startswith("status="):
@@ -118,6 +121,18 @@ async def _trickle(
     except (ConnectionError, RuntimeError):
         pass
     closed.append({"request_id": rid, "after_s": time.monotonic() - started})
+    return response
+
+
+async def _stall(
+    request: web.Request, rid: str, closed: list[dict[str, object]]
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(
+        b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n'
+    )
+    await _wait_closed(request, rid, closed, time.monotonic())
     return response
 
 

@@ -61,6 +61,12 @@ class StreamTap:
     def feed(self, chunk: bytes) -> None:
         """Take the next chunk of the stream."""
         data = self._tail + chunk if self._tail else chunk
+        if b"\r" not in data:  # the usual LF-only stream: split in C
+            lines = data.split(b"\n")
+            self._tail = lines.pop()
+            for line in lines:
+                self._line(line)
+            return
         start = 0
         end = len(data)
         while start < end:

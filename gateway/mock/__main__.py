@@ -1,0 +1,45 @@
+"""`python -m gateway.mock`: serve the mock upstream on its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from .server import MockSettings, start_mock_server
+
+
+async def _serve(settings: MockSettings, host: str, port: int) -> None:
+    runner, url = await start_mock_server(settings, host, port)
+    print(f"mock upstream listening on {url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    """Parse the command line and serve until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.mock", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--ttft-ms", type=float, default=0.0)
+    parser.add_argument("--tokens-per-second", type=float, default=0.0)
+    parser.add_argument("--model", action="append", help="a model it serves (repeatable)")
+    args = parser.parse_args()
+    settings = MockSettings(
+        ttft_ms=args.ttft_ms,
+        tokens_per_second=args.tokens_per_second,
+        models=tuple(args.model or ["mock-gpt"]),
+    )
+    try:
+        import uvloop  # a faster event loop where available
+
+        uvloop.run(_serve(settings, args.host, args.port))
+    except ImportError:
+        asyncio.run(_serve(settings, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,11 @@
 """Benchmark: the gateway against a direct call to the same upstream, in one run.
 
-    make bench            # or: .venv/bin/python -m bench.run [--duration 10] [--rounds 3]
+    make bench            # or: .venv/bin/python -m bench.run [--duration 8] [--rounds 3]
 
-Starts the product's upstream (`gateway.mock`, no delays) and one gateway worker in front of it,
-pinned to separate cores when `taskset` exists, then for non-streaming and streaming requests:
+Starts the product's upstream (`gateway.mock`, no delays) twice, static (each answer replayed
+from memory in one write) and live (every event rendered and written on its own, as a real
+provider streams), and one gateway worker in front of both; the gateway is pinned to core 0 and
+everything else to core 1 when `taskset` exists. Then for each case:
 - throughput: `wrk` (16 connections) against the upstream directly and through the gateway,
   alternating, `--rounds` times; the medians and their ratio are printed;
 - added latency: a fixed-rate client (200 requests/s) measures p50/p99 directly and through
@@ -28,8 +30,18 @@ import aiohttp
 
 from tests.support.procs import ServerProcess, free_port, python_module
 
-PLAIN = '{"model":"mock-gpt","input":"Write one short sentence about benchmarks."}'
-STREAM = '{"model":"mock-gpt","input":"Write one short sentence about benchmarks.","stream":true}'
+QUESTION = "Write one short sentence about benchmarks."
+CASES = (
+    # (label, model, stream): bench-static is served by the static upstream, bench-live by the
+    # live one; both names are the upstream's own, so the gateway forwards bodies unchanged.
+    ("non-streaming", "bench-static", False),
+    ("streaming", "bench-static", True),
+    ("streaming, event by event", "bench-live", True),
+)
+
+
+def _body(model: str, stream: bool) -> str:
+    return f'{{"model":"{model}","input":"{QUESTION}","stream":{"true" if stream else "false"}}}'
 
 
 def _pin(cores: str, argv: list[str]) -> list[str]:
@@ -44,10 +56,7 @@ def _wrk(url: str, body: str, duration: int, connections: int) -> float:
         f'wrk.body = "{escaped}"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
-    argv = _pin(
-        "1",
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
-    )
+    argv = _pin("1", ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url])
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
@@ -61,9 +70,8 @@ def _wrk(url: str, body: str, duration: int, connections: int) -> float:
 async def _latencies(url: str, body: str, rate: float, seconds: float) -> list[float]:
     """Send `rate` requests/s for `seconds`; each request's latency in ms (body fully read)."""
     results: list[float] = []
-    connector = aiohttp.TCPConnector(limit=64)
     headers = {"content-type": "application/json"}
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
 
         async def one() -> None:
             start = time.perf_counter()
@@ -92,10 +100,15 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _mock(port: int, model: str, *extra: str) -> ServerProcess:
+    argv = python_module("gateway.mock", "--port", str(port), "--model", model, *extra)
+    return ServerProcess(_pin("1", argv), port)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per target and kind")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per target and case")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s for latency")
     args = parser.parse_args()
@@ -103,54 +116,56 @@ def main() -> None:
         sys.exit("bench needs wrk: apt-get install wrk")
 
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    up_port, gw_port = free_port(), free_port()
-    upstream = ServerProcess(
-        _pin("1", python_module("gateway.mock", "--port", str(up_port))), up_port
-    )
+    static_port, live_port, gw_port = free_port(), free_port(), free_port()
+    static = _mock(static_port, "bench-static", "--static")
+    live = _mock(live_port, "bench-live")
     config = work / "gateway.yaml"
     config.write_text(
         "providers:\n"
-        f"  mock: {{base_url: 'http://127.0.0.1:{up_port}/v1', api_key: bench-key}}\n"
-        "models:\n  - {name: mock-gpt, provider: mock}\n"
+        f"  static: {{base_url: 'http://127.0.0.1:{static_port}/v1', api_key: bench-key}}\n"
+        f"  live: {{base_url: 'http://127.0.0.1:{live_port}/v1', api_key: bench-key}}\n"
+        "models:\n"
+        "  - {name: bench-static, provider: static}\n"
+        "  - {name: bench-live, provider: live}\n"
     )
-    gateway = ServerProcess(
-        _pin(
-            "0", python_module("gateway", "serve", "--config", str(config), "--port", str(gw_port))
-        ),
-        gw_port,
-        ready_path="/readyz",
-    )
-    with upstream.start(work / "upstream.log"), gateway.start(work / "gateway.log"):
-        direct = f"{upstream.url}/v1/responses"
-        proxied = f"{gateway.url}/v1/responses"
+    argv = python_module("gateway", "serve", "--config", str(config), "--port", str(gw_port))
+    gateway = ServerProcess(_pin("0", argv), gw_port, ready_path="/readyz")
+    rows = []
+    with (
+        static.start(work / "static.log"),
+        live.start(work / "live.log"),
+        gateway.start(work / "gateway.log"),
+    ):
         print(
             f"wrk: {args.connections} connections, {args.duration}s x {args.rounds} rounds; "
-            f"latency at {args.rate:.0f} requests/s; logs in {work}\n"
+            f"latency at {args.rate:.0f} requests/s for 10 s; logs in {work}\n"
         )
-        rows = []
-        for kind, body in (("non-streaming", PLAIN), ("streaming", STREAM)):
+        for label, model, stream in CASES:
+            upstream = static if model == "bench-static" else live
+            direct = f"{upstream.url}/v1/responses"
+            proxied = f"{gateway.url}/v1/responses"
+            body = _body(model, stream)
             d_rps, g_rps = [], []
             for _ in range(args.rounds):
                 d_rps.append(_wrk(direct, body, args.duration, args.connections))
                 g_rps.append(_wrk(proxied, body, args.duration, args.connections))
             d_lat = asyncio.run(_latencies(direct, body, args.rate, 10))
             g_lat = asyncio.run(_latencies(proxied, body, args.rate, 10))
-            rows.append((kind, d_rps, g_rps, d_lat, g_lat))
+            rows.append((label, d_rps, g_rps, d_lat, g_lat))
 
     print(
-        f"{'':15}{'direct req/s':>14}{'gateway req/s':>15}{'ratio':>8}"
+        f"{'':27}{'direct req/s':>14}{'gateway req/s':>15}{'ratio':>8}"
         f"{'added p50 ms':>14}{'added p99 ms':>14}"
     )
-    for kind, d_rps, g_rps, d_lat, g_lat in rows:
+    for label, d_rps, g_rps, d_lat, g_lat in rows:
         d, g = statistics.median(d_rps), statistics.median(g_rps)
         p50 = _pct(g_lat, 0.5) - _pct(d_lat, 0.5)
         p99 = _pct(g_lat, 0.99) - _pct(d_lat, 0.99)
-        print(f"{kind:15}{d:14.0f}{g:15.0f}{g / d:8.2f}{p50:14.3f}{p99:14.3f}")
+        print(f"{label:27}{d:14.0f}{g:15.0f}{g / d:8.2f}{p50:14.3f}{p99:14.3f}")
         runs = f"direct {[round(x) for x in d_rps]}, gateway {[round(x) for x in g_rps]}"
         print(
-            f"{'':15}  runs: {runs}; "
-            f"p50/p99 direct {_pct(d_lat, 0.5):.3f}/{_pct(d_lat, 0.99):.3f} ms, "
-            f"gateway {_pct(g_lat, 0.5):.3f}/{_pct(g_lat, 0.99):.3f} ms"
+            f"{'':27}  runs: {runs}; p50/p99 direct {_pct(d_lat, 0.5):.3f}/"
+            f"{_pct(d_lat, 0.99):.3f} ms, gateway {_pct(g_lat, 0.5):.3f}/{_pct(g_lat, 0.99):.3f} ms"
         )
 
 

@@ -113,15 +113,11 @@ class ResponsesEndpoint:
     async def _while_connected(
         self, ex: Exchange, scope: Scope, receive: Receive, send: Send, route: Route, body: bytes
     ) -> None:
-        """Forward, but stop (closing the upstream request) as soon as the client leaves.
-
-        One watcher task per request cancels this one on disconnect; cheaper than running
-        the forwarding in a task of its own and waiting on both.
-        """
+        """Forward, but stop (closing the upstream request) as soon as the client leaves."""
         task = asyncio.current_task()
         if task is None:  # ASGI servers always run requests in tasks
             raise RuntimeError("the request is not running in an asyncio task")
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, ex))
+        watch = _DisconnectWatch(receive, task, ex)
         try:
             await self._forward(ex, scope, send, route, body)
         except asyncio.CancelledError:
@@ -129,7 +125,7 @@ class ResponsesEndpoint:
                 raise
             task.uncancel()
         finally:
-            watcher.cancel()
+            watch.stop()
 
     async def _forward(
         self, ex: Exchange, scope: Scope, send: Send, route: Route, body: bytes
@@ -167,13 +163,39 @@ class ResponsesEndpoint:
                 response.close()  # the upstream sees the connection close
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], ex: Exchange) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    # uvicorn also reports a disconnect once the response is complete: that is no departure.
-    if not ex.response_complete:
-        ex.client_disconnected = True
-        task.cancel()
+class _DisconnectWatch:
+    """Cancels a request's task when its client leaves.
+
+    Only requests still running after `WATCH_AFTER` seconds are watched: most non-streamed
+    answers from a fast upstream finish sooner, and a watcher task for each of them would cost
+    more than the rest of the request path. A departure is noticed within that delay.
+    """
+
+    WATCH_AFTER = 0.05
+
+    __slots__ = ("_ex", "_receive", "_task", "_timer", "_watcher")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any], ex: Exchange) -> None:
+        self._receive, self._task, self._ex = receive, task, ex
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer = task.get_loop().call_later(self.WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self._watcher = self._task.get_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        # uvicorn also reports a disconnect once the response is complete: no departure.
+        if not self._ex.response_complete:
+            self._ex.client_disconnected = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        """The request is over: watch no more."""
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 async def _relay_stream(ex: Exchange, send: Send, response: aiohttp.ClientResponse) -> bool:

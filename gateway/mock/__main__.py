@@ -25,11 +25,15 @@ def main() -> None:
     parser.add_argument("--ttft-ms", type=float, default=0.0)
     parser.add_argument("--tokens-per-second", type=float, default=0.0)
     parser.add_argument("--model", action="append", help="a model it serves (repeatable)")
+    parser.add_argument(
+        "--static", action="store_true", help="replay each distinct answer from memory (benchmark)"
+    )
     args = parser.parse_args()
     settings = MockSettings(
         ttft_ms=args.ttft_ms,
         tokens_per_second=args.tokens_per_second,
         models=tuple(args.model or ["mock-gpt"]),
+        static=args.static,
     )
     try:
         import uvloop  # a faster event loop where available

@@ -32,6 +32,9 @@ class MockSettings(msgspec.Struct, frozen=True):
     """Pace of the deltas; 0 sends them as fast as possible."""
     models: tuple[str, ...] = ("mock-gpt",)
     """Models it answers for; others get 404 `model_not_found`."""
+    static: bool = False
+    """Benchmark mode: each distinct request body is answered once, then replayed from memory
+    as one write, so the upstream costs next to nothing (the benchmark's static upstream)."""
 
 
 def _error(
@@ -50,6 +53,7 @@ def _error(
 def create_mock_app(settings: MockSettings) -> web.Application:
     """The mock as an aiohttp application."""
     models = set(settings.models)
+    rendered: dict[bytes, tuple[bytes, str]] = {}  # static mode: body -> (answer, content type)
     listing = _encode(
         {
             "object": "list",
@@ -61,6 +65,17 @@ def create_mock_app(settings: MockSettings) -> web.Application:
     )
 
     async def responses(request: web.Request) -> web.StreamResponse:
+        if settings.static:
+            raw = await request.read()
+            if raw in rendered:
+                body_bytes, kind = rendered[raw]
+                return web.Response(body=body_bytes, headers={"content-type": kind})
+        response = await answer(request)
+        if settings.static and response.status == 200 and len(rendered) < 1024:
+            rendered[raw] = _render_static(await request.json(), response)
+        return response
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         try:
             steer = steering(request.headers, settings.ttft_ms, settings.tokens_per_second)
         except BadOverride as exc:
@@ -110,6 +125,17 @@ def create_mock_app(settings: MockSettings) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+def _render_static(body: dict[str, Any], response: web.StreamResponse) -> tuple[bytes, str]:
+    """The complete answer to `body` as bytes, for static replay."""
+    if isinstance(response, web.Response) and response.body is not None:
+        return bytes(response.body), response.content_type  # type: ignore[arg-type]  # bytes body
+    events = stream_events(body, plan(body, None))
+    frames = b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + _encode(e) + b"\n\n" for e in events
+    )
+    return frames, "text/event-stream; charset=utf-8"
 
 
 async def _until_gone(request: web.Request) -> None:

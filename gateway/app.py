@@ -15,8 +15,6 @@ from .models_api import ModelList, ModelsController, model_list
 from .runtime import Runtime
 from .settings import Settings
 
-_TYPES = {401: "invalid_request_error", 403: "invalid_request_error", 404: "invalid_request_error"}
-
 
 def create_app(settings: Settings) -> Litestar:
     """Build a gateway serving `settings`; its lifespan opens and closes what it needs."""
@@ -32,6 +30,31 @@ def create_app(settings: Settings) -> Litestar:
     def provide_runtime() -> Runtime:
         return runtime
 
+    def request_id(request: Request[Any, Any, Any]) -> str:
+        return runtime.ids.for_scope(request.scope)
+
+    async def tag(response: Response[Any]) -> Response[Any]:
+        """Every answer of the other routes carries an `x-request-id` too."""
+        if "x-request-id" not in response.headers:
+            response.headers["x-request-id"] = runtime.ids.new()
+        return response
+
+    def gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+        return _render(exc.status, exc.body(), exc.headers, request_id(request))
+
+    def http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+        """Litestar's own errors (unknown path, wrong method) in the OpenAI shape."""
+        status = exc.status_code
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = error_body(str(exc.detail), kind, None, code)
+        return _render(status, body, dict(exc.headers or {}), request_id(request))
+
+    def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        request.logger.exception("unhandled_error", path=request.url.path)
+        error = InternalError("The gateway failed to handle this request.")
+        return _render(error.status, error.body(), {}, request_id(request))
+
     app = Litestar(
         route_handlers=[
             asgi("/v1/responses", copy_scope=False)(responses),
@@ -43,11 +66,12 @@ def create_app(settings: Settings) -> Litestar:
             "models": Provide(provide_models, sync_to_thread=False),
             "runtime": Provide(provide_runtime, sync_to_thread=False),
         },
+        after_request=tag,
         lifespan=[runtime.lifespan],
         exception_handlers={
-            GatewayError: _gateway_error,
-            HTTPException: _http_exception,
-            Exception: _unexpected,
+            GatewayError: gateway_error,
+            HTTPException: http_exception,
+            Exception: unexpected,
         },
         openapi_config=None,
         logging_config=None,
@@ -56,28 +80,10 @@ def create_app(settings: Settings) -> Litestar:
     return app
 
 
-def _render(exc: GatewayError, request_id: str | None = None) -> Response[bytes]:
-    headers = dict(exc.headers)
-    if request_id:
-        headers["x-request-id"] = request_id
+def _render(status: int, body: bytes, headers: dict[str, str], request_id: str) -> Response[bytes]:
     return Response(
-        exc.body(), status_code=exc.status, media_type="application/json", headers=headers
+        body,
+        status_code=status,
+        media_type="application/json",
+        headers={**headers, "x-request-id": request_id},
     )
-
-
-def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    return _render(exc)
-
-
-def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    """Litestar's own errors (unknown path, wrong method) in the OpenAI shape."""
-    status = exc.status_code
-    code = {404: "not_found", 405: "method_not_allowed"}.get(status)
-    body = error_body(str(exc.detail), _TYPES.get(status, "invalid_request_error"), None, code)
-    headers = dict(exc.headers or {})
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
-
-
-def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    request.logger.exception("unhandled_error", path=request.url.path)
-    return _render(InternalError("The gateway failed to handle this request."))

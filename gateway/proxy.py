@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import itertools
-import re
-import secrets
 import time
 import zlib
 from typing import Any
@@ -21,17 +18,17 @@ import aiohttp
 import msgspec
 from litestar.types import Receive, Scope, Send
 
-from .body import ClientGone, check_json_media_type, header, read_body
+from .body import ClientGone, check_json_media_type, read_body
 from .errors import BadGateway, GatewayError, GatewayTimeout, MethodNotAllowed, error_body
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
+from .request_ids import RequestIds
 from .routing import Route, Router
 from .sse import StreamTap
 from .upstream import Upstreams
 from .usage import outcome_from_response
 from .validation import parse_request
 
-_CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _SSE = b"text/event-stream"
 
 
@@ -51,34 +48,17 @@ _frame_encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(_UpstreamErrorEnvelope)
 
 
-class RequestIds:
-    """Request ids: the client's `x-request-id` when it is a sane token, else a new one.
-
-    New ids are a random per-process prefix and a counter: unique across replicas without a
-    system call per request.
-    """
-
-    def __init__(self) -> None:
-        self._prefix = "req_" + secrets.token_hex(8)
-        self._counter = itertools.count(1)
-
-    def for_scope(self, scope: Scope) -> str:
-        """The id of the request in `scope`."""
-        given = header(scope, b"x-request-id")
-        if given is not None and _CLIENT_REQUEST_ID.match(given):
-            return given.decode("ascii")
-        return f"{self._prefix}{next(self._counter):08x}"
-
-
 class ResponsesEndpoint:
     """The ASGI handler for POST /v1/responses."""
 
-    def __init__(self, router: Router, upstreams: Upstreams, max_body_bytes: int, log: Any) -> None:
+    def __init__(
+        self, router: Router, upstreams: Upstreams, ids: RequestIds, max_body_bytes: int, log: Any
+    ) -> None:
         self._router = router
         self._upstreams = upstreams
+        self._ids = ids
         self._max_body = max_body_bytes
         self._log = log
-        self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(self._ids.for_scope(scope), time.perf_counter())

@@ -15,6 +15,7 @@ from litestar.types import Receive, Scope, Send
 
 from .errors import ServiceUnavailable
 from .proxy import ResponsesEndpoint
+from .request_ids import RequestIds
 from .routing import Router
 from .settings import EMBEDDED, Settings
 from .upstream import Upstreams
@@ -27,6 +28,7 @@ class Runtime:
         self.settings = settings
         self.ready = False
         self.log = structlog.get_logger("gateway")
+        self.ids = RequestIds()
         self._upstreams = Upstreams(settings.providers)
         self._endpoint: ResponsesEndpoint | None = None
         self._embedded: list[Any] = []
@@ -39,7 +41,7 @@ class Runtime:
             await self._upstreams.open()
             router = Router(self.settings, base_urls)
             self._endpoint = ResponsesEndpoint(
-                router, self._upstreams, self.settings.server.max_body_bytes, self.log
+                router, self._upstreams, self.ids, self.settings.server.max_body_bytes, self.log
             )
             self.ready = True
             yield

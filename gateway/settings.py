@@ -25,6 +25,9 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
+_ENUMS = {"level": ("debug", "info", "warning", "error"), "format": ("json", "console")}
+
+
 class ConfigError(Exception):
     """The configuration file is unusable; the message says where and why."""
 
@@ -120,6 +123,14 @@ def load_settings(path: str | Path, environ: dict[str, str] | None = None) -> Se
 
 def settings_from_dict(raw: dict[str, Any], source: str) -> Settings:
     """Validate an already expanded mapping; `source` names it in errors."""
+    providers = raw.get("providers")
+    if isinstance(providers, dict):
+        # Checked one by one first: msgspec names a dict entry `[...]`, not by its key.
+        for name, provider in providers.items():
+            try:
+                msgspec.convert(provider, ProviderSettings, strict=True)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(_describe(source, str(exc), f"providers.{name}")) from exc
     try:
         settings = msgspec.convert(raw, Settings, strict=True)
     except msgspec.ValidationError as exc:
@@ -128,14 +139,20 @@ def settings_from_dict(raw: dict[str, Any], source: str) -> Settings:
     return settings
 
 
-def _describe(source: str, message: str) -> str:
+def _describe(source: str, message: str, prefix: str = "") -> str:
     match = _MSGSPEC_PATH.search(message)
-    field = "(top level)"
+    field = ""
     if match:
         message = message[: match.start()]
-        field = match.group("path").lstrip(".") or field
+        field = match.group("path").lstrip(".")
+    if prefix:
+        field = f"{prefix}.{field}" if field else prefix
     message = message[0].lower() + message[1:]
-    return f"{source}: {field}: {message}"
+    if message.startswith("invalid enum value"):
+        allowed = _ENUMS.get(field.rsplit(".", 1)[-1])
+        if allowed:
+            message = f"expected one of {', '.join(allowed)}, got {message.split(' ', 3)[3]}"
+    return f"{source}: {field or '(top level)'}: {message}"
 
 
 def _check_references(settings: Settings, source: str) -> None:

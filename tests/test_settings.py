@@ -1,0 +1,127 @@
+"""A bad configuration stops the gateway at startup, naming the file, the field and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import ConfigError, load_settings
+from tests.support.procs import ROOT, python_module
+
+GOOD = """
+providers:
+  openai:
+    base_url: https://api.openai.com/v1
+    api_key: ${OPENAI_API_KEY}
+models:
+  - name: gpt-4.1-mini
+    provider: openai
+"""
+
+
+def _load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    load_settings(path, environ=env if env is not None else {"OPENAI_API_KEY": "sk-x"})
+
+
+BAD: dict[str, tuple[str, list[str]]] = {
+    "yaml": ("providers: [\n", ["invalid YAML"]),
+    "not_mapping": ("- 1\n- 2\n", ["expected a mapping"]),
+    "base_url_missing": (
+        "providers: {openai: {api_key: k}}\nmodels: [{name: m, provider: openai}]\n",
+        ["providers.openai", "missing required field `base_url`"],
+    ),
+    "base_url_not_url": (
+        "providers: {openai: {base_url: api.openai.com}}\nmodels: [{name: m, provider: openai}]\n",
+        ["providers.openai.base_url", "expected an http(s) URL"],
+    ),
+    "base_url_type": (
+        "providers: {openai: {base_url: 42}}\nmodels: [{name: m, provider: openai}]\n",
+        ["providers.openai.base_url", "expected `str`, got `int`"],
+    ),
+    "unknown_field": (
+        "providers: {openai: {bse_url: x}}\nmodels: []\n",
+        ["providers.openai", "unknown field `bse_url`"],
+    ),
+    "unknown_provider": (
+        GOOD + "  - name: other\n    provider: opena\n",
+        ["models[1].provider", "opena", "openai"],
+    ),
+    "duplicate_model": (
+        GOOD + "  - name: gpt-4.1-mini\n    provider: openai\n",
+        ["models[1].name", "listed twice"],
+    ),
+    "no_models": (
+        "providers: {openai: {base_url: 'http://x'}}\nmodels: []\n",
+        ["models", "at least one model"],
+    ),
+    "negative_timeout": (
+        GOOD.replace("api_key: ${OPENAI_API_KEY}", "read_timeout: -1"),
+        ["providers.openai.read_timeout", "> 0"],
+    ),
+    "port": (GOOD + "server: {port: 70000}\n", ["server.port", "<= 65535"]),
+    "log_format": (GOOD + "logging: {format: xml}\n", ["logging.format", "json", "console"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_names_file_and_field(tmp_path: Path, case: str) -> None:
+    """Each mistake is reported with the file path, the field path and what was expected."""
+    text, fragments = BAD[case]
+    with pytest.raises(ConfigError) as failure:
+        _load(tmp_path, text)
+    message = str(failure.value)
+    assert str(tmp_path / "gateway.yaml") in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A file that does not exist is named."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_unset_variable_names_it_and_the_field(tmp_path: Path) -> None:
+    """`${VAR}` with VAR unset names the variable and the field that uses it."""
+    with pytest.raises(ConfigError) as failure:
+        _load(tmp_path, GOOD, env={})
+    assert "providers.openai.api_key" in str(failure.value)
+    assert "OPENAI_API_KEY" in str(failure.value)
+
+
+def test_variables_expand(tmp_path: Path) -> None:
+    """`${VAR}` takes the environment's value and `${VAR:-default}` falls back to the default."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(GOOD.replace("https://api.openai.com/v1", "${BASE:-http://fallback:9/v1}"))
+    settings = load_settings(path, environ={"OPENAI_API_KEY": "sk-from-env"})
+    assert settings.providers["openai"].api_key == "sk-from-env"
+    assert settings.providers["openai"].base_url == "http://fallback:9/v1"
+    assert settings.source == str(path)
+
+
+def test_repository_config_loads() -> None:
+    """config/gateway.yaml, the documented example, is valid."""
+    settings = load_settings(ROOT / "config" / "gateway.yaml", environ={"OPENAI_API_KEY": "k"})
+    assert settings.providers["openai"].drop_fields == ("stop", "stream_options")
+    assert [m.name for m in settings.models] == ["gpt-4.1-mini", "gpt-4.1", "mock-gpt"]
+
+
+def test_serve_refuses_bad_config(tmp_path: Path) -> None:
+    """`gateway serve` with a bad file exits non-zero at once, naming file and field."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD["unknown_provider"][0])
+    done = subprocess.run(  # noqa: S603  (argv built here)
+        python_module("gateway", "serve", "--config", str(path)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"OPENAI_API_KEY": "k", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 2
+    assert str(path) in done.stderr
+    assert "models[1].provider" in done.stderr

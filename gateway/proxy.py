@@ -117,7 +117,6 @@ class ResponsesEndpoint:
         finished = False
         try:
             ex.upstream_status = response.status
-            ex.first_byte_at = time.perf_counter()
             if response.status in (401, 403):
                 raise BadGateway(
                     f"The upstream provider '{route.provider}' rejected the gateway's own "
@@ -134,6 +133,7 @@ class ResponsesEndpoint:
             if response.status == 200 and content_type.startswith(_SSE):
                 finished = await _relay_stream(ex, send, response)
             else:
+                ex.first_byte_at = time.perf_counter()  # headers and body come together
                 await _relay_body(ex, send, response, route.provider)
                 finished = True
         finally:
@@ -191,14 +191,14 @@ async def _relay_stream(ex: Exchange, send: Send, response: aiohttp.ClientRespon
     tap = StreamTap()
     try:
         async for chunk in response.content.iter_any():
+            if ex.first_byte_at is None:
+                ex.first_byte_at = time.perf_counter()
             tap.feed(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (aiohttp.ClientError, TimeoutError) as exc:
-        tap.close()
-        _record(ex, tap)
         timed_out = isinstance(exc, TimeoutError)
         ex.stream_error = "upstream_timeout" if timed_out else "upstream_disconnected"
-        if tap.at_frame_boundary:
+        if tap.at_frame_boundary:  # mid-frame, an added frame would be glued to a broken one
             frame = _ErrorFrame(
                 type="error",
                 code=ex.stream_error,
@@ -212,8 +212,9 @@ async def _relay_stream(ex: Exchange, send: Send, response: aiohttp.ClientRespon
         # Returning without the final chunk makes the server close the connection: the
         # client's HTTP library reports an incomplete body instead of a clean end.
         return False
-    tap.close()
-    _record(ex, tap)
+    finally:  # whatever the end (disconnect included), keep what the stream told so far
+        tap.close()
+        _record(ex, tap)
     ex.response_complete = True
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True

@@ -228,3 +228,29 @@ def test_canonical_log_line(gateway: ServerProcess) -> None:
     rejected = httpx.post(gateway.url + "/v1/responses", json={"model": "nope", "input": "x"})
     line = _log_for(gateway, rejected.headers["x-request-id"])
     assert (line["status"], line["error_code"]) == (404, "model_not_found")
+
+
+def test_upstream_dying_mid_frame_adds_nothing(gateway: ServerProcess, tmp_path: Path) -> None:
+    """Cut inside a frame, the stream reaches the client as far as it went, then breaks."""
+    whole = edge_case_streams()["lf_multibyte"]
+    cut = whole[: whole.index(b"event: response.completed") + 40]
+    path = tmp_path / "cut.stream"
+    path.write_bytes(cut)
+    headers = {"x-replay-file": str(path), "x-replay-max-chunk": "16", "x-replay-abort": "1"}
+    received = b""
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", gateway.url + "/v1/responses", json=BODY, headers=headers
+        ) as response,
+    ):
+        chunks = response.iter_raw()
+        with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012  (the failure ends the loop)
+            for chunk in chunks:
+                received += chunk
+        request_id = response.headers["x-request-id"]
+    assert received == cut
+    line = _log_for(gateway, request_id)
+    assert line["stream_error"] == "upstream_disconnected"
+    assert line["terminal_event"] is None
+    assert line["ttft_ms"] is not None

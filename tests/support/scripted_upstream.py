@@ -3,6 +3,7 @@
 POST /v1/responses answers according to request headers:
 - `x-replay-file: PATH` + `x-replay-seed: N` + `x-replay-max-chunk: M`: send the file's bytes as
   an SSE body in chunks of random sizes (1..M bytes), each written and drained separately.
+- `x-replay-abort: 1` with a replay: close the connection at the end instead of ending the body.
 - `x-script: hang`: never answer; note when the gateway closes the connection.
 - `x-script: trickle`: send a comment frame every 50 ms, forever; note when the connection closes.
 - `x-script: stall`: send one complete SSE frame, then nothing more (the gateway's read timeout).
@@ -95,6 +96,9 @@ async def _replay(request: web.Request) -> web.StreamResponse:
         size = rng.randint(1, biggest)
         await response.write(data[position : position + size])
         position += size
+    if request.headers.get("x-replay-abort") and request.transport is not None:
+        request.transport.abort()  # the chunked body is never terminated
+        return response
     await response.write_eof()
     return response
 

@@ -1,0 +1,95 @@
+"""Which HTTP client carries the gateway's upstream calls: measured, not assumed.
+
+    .venv/bin/python -m bench.clients [--seconds 5] [--rounds 3]
+
+One process (core 0, uvloop) sends non-streamed /v1/responses requests with 16 concurrent
+workers to the static mock upstream (core 1), once with httpx's default transport and once with
+aiohttp, alternating; the median requests/s of each is printed. The gateway uses the faster one
+on its hot path (`gateway/upstream.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import httpx
+import uvloop
+
+from bench.run import _body, _mock
+from tests.support.procs import free_port
+
+Sender = Callable[[], Awaitable[None]]
+
+
+async def _drive(send: Sender, seconds: float, workers: int = 16) -> float:
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await send()
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return done / (time.perf_counter() - start)
+
+
+async def _httpx(url: str, body: bytes, seconds: float) -> float:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits) as client:
+
+        async def send() -> None:
+            response = await client.post(
+                url, content=body, headers={"content-type": "application/json"}
+            )
+            response.raise_for_status()
+
+        return await _drive(send, seconds)
+
+
+async def _aiohttp(url: str, body: bytes, seconds: float) -> float:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+
+        async def send() -> None:
+            async with session.post(
+                url, data=body, headers={"content-type": "application/json"}
+            ) as response:
+                await response.read()
+                response.raise_for_status()
+
+        return await _drive(send, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+    port = free_port()
+    upstream = _mock(port, "bench-static", "--static")
+    body = _body("bench-static", False).encode()
+    results: dict[str, list[float]] = {"httpx (default transport)": [], "aiohttp": []}
+    with upstream.start(Path(tempfile.mkdtemp()) / "upstream.log"):
+        url = f"{upstream.url}/v1/responses"
+        for _ in range(args.rounds):
+            results["httpx (default transport)"].append(uvloop.run(_httpx(url, body, args.seconds)))
+            results["aiohttp"].append(uvloop.run(_aiohttp(url, body, args.seconds)))
+    for name, values in results.items():
+        runs = [round(v) for v in values]
+        print(f"{name:28}{statistics.median(values):10.0f} requests/s   runs {runs}")
+
+
+if __name__ == "__main__":
+    main()

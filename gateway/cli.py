@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     configure_logging(settings.logging)
-    print(_banner(settings, host, port), flush=True)
+    print(_banner(settings, host, port), file=sys.stderr, flush=True)  # stdout: JSON lines only
     uvicorn.run(
         create_app(settings),
         host=host,

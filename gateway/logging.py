@@ -47,6 +47,29 @@ def configure_logging(settings: LoggingSettings) -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    # uvicorn's own loggers: same level, same stream; its access log is replaced by ours.
-    logging.basicConfig(stream=sys.stdout, level=_LEVELS[settings.level], format="%(message)s")
-    logging.getLogger("uvicorn.access").disabled = True
+    # Other libraries' stdlib records (uvicorn's errors...) as the same kind of lines.
+    shared: list[Any] = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if settings.format == "json"
+        else structlog.dev.ConsoleRenderer()
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(_LEVELS[settings.level])
+    logging.getLogger("uvicorn.access").disabled = True  # the canonical line replaces it

@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
+PYTEST_ARGS ?=
 
 .PHONY: run test lint check bench clean
 
@@ -27,7 +28,7 @@ lint: $(STAMP)
 
 ## test: lint, then the whole test suite
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## bench: the gateway against a direct call to the same upstream, side by side
 bench: $(STAMP)

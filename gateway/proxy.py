@@ -19,13 +19,13 @@ import msgspec
 from litestar.types import Receive, Scope, Send
 
 from .body import ClientGone, check_json_media_type, read_body
-from .errors import BadGateway, GatewayError, GatewayTimeout, MethodNotAllowed, error_body
+from .errors import BadGateway, GatewayError, MethodNotAllowed, error_body
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
 from .request_ids import RequestIds
 from .routing import Route, Router
 from .sse import StreamTap
-from .upstream import Upstreams
+from .upstream import Upstreams, read_all
 from .usage import outcome_from_response
 from .validation import parse_request
 
@@ -229,18 +229,7 @@ def _record(ex: Exchange, tap: StreamTap) -> None:
 async def _relay_body(
     ex: Exchange, send: Send, response: aiohttp.ClientResponse, provider: str
 ) -> None:
-    try:
-        body = await response.read()
-    except TimeoutError as exc:
-        raise GatewayTimeout(
-            f"The upstream provider '{provider}' stopped sending its answer.",
-            code="upstream_timeout",
-        ) from exc
-    except aiohttp.ClientError as exc:
-        raise BadGateway(
-            f"The upstream provider '{provider}' broke off its answer ({type(exc).__name__}).",
-            code="upstream_unavailable",
-        ) from exc
+    body = await read_all(response, provider)
     headers = downstream_headers(response.raw_headers, ex.request_id.encode())
     status = response.status
     if status >= 400 and not _is_error_envelope(body, response):

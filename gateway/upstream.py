@@ -7,6 +7,9 @@ aiohttp transport about 1,650, where aiohttp alone carries about 4,100.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import aiohttp
 
 from .errors import BadGateway, GatewayTimeout
@@ -50,17 +53,29 @@ class Upstreams:
         self, provider: str, url: str, body: bytes, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
         """Send the request and return once the response headers are in."""
-        try:
+        with mapped_errors(provider, "did not answer in time", "could not be reached"):
             return await self._sessions[provider].post(
                 url, data=body, headers=headers, allow_redirects=False
             )
-        except TimeoutError as exc:
-            raise GatewayTimeout(
-                f"The upstream provider '{provider}' did not answer in time.",
-                code="upstream_timeout",
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise BadGateway(
-                f"The upstream provider '{provider}' could not be reached ({type(exc).__name__}).",
-                code="upstream_unavailable",
-            ) from exc
+
+
+async def read_all(response: aiohttp.ClientResponse, provider: str) -> bytes:
+    """The whole body of a non-streamed answer."""
+    with mapped_errors(provider, "stopped sending its answer", "broke off its answer"):
+        return await response.read()
+
+
+@contextmanager
+def mapped_errors(provider: str, timed_out: str, failed: str) -> Iterator[None]:
+    """Client errors, translated once: a timeout is a 504, any other failure a 502."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise GatewayTimeout(
+            f"The upstream provider '{provider}' {timed_out}.", code="upstream_timeout"
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise BadGateway(
+            f"The upstream provider '{provider}' {failed} ({type(exc).__name__}).",
+            code="upstream_unavailable",
+        ) from exc

@@ -28,6 +28,25 @@ def _log_for(gateway: ServerProcess, request_id: str, timeout: float = 5.0) -> d
     raise AssertionError(f"no log line for {request_id}:\n{gateway.output()[-2000:]}")
 
 
+def _broken_stream(
+    gateway: ServerProcess, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[bytes, str]:
+    """POST a stream that must end uncleanly; the bytes received before the break, the id."""
+    received = b""
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", gateway.url + "/v1/responses", json=body, headers=headers
+        ) as response,
+    ):
+        assert response.status_code == 200
+        chunks = response.iter_raw()
+        with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012  (the failure ends the loop)
+            for chunk in chunks:
+                received += chunk
+        return received, response.headers["x-request-id"]
+
+
 def _replay(gateway: ServerProcess, path: Path, seed: int, max_chunk: int) -> httpx.Response:
     headers = {
         "x-replay-file": str(path),
@@ -150,23 +169,11 @@ def test_disconnect_before_first_byte_closes_upstream(
 
 def test_upstream_dying_mid_stream_is_visible(mock_gateway: ServerProcess) -> None:
     """When the upstream dies mid-stream the client gets an `error` event and no clean end."""
-    headers = {"x-mock-fault": "drop-after=5"}
-    received = b""
-    with (
-        httpx.Client(timeout=10) as client,
-        client.stream(
-            "POST",
-            mock_gateway.url + "/v1/responses",
-            json={"model": "mock-gpt", "input": "tell me a story", "stream": True},
-            headers=headers,
-        ) as response,
-    ):
-        assert response.status_code == 200
-        chunks = response.iter_raw()
-        with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012  (the failure ends the loop)
-            for chunk in chunks:
-                received += chunk
-        request_id = response.headers["x-request-id"]
+    received, request_id = _broken_stream(
+        mock_gateway,
+        {"model": "mock-gpt", "input": "tell me a story", "stream": True},
+        {"x-mock-fault": "drop-after=5"},
+    )
     frames = [f for f in received.split(b"\n\n") if f]
     assert frames[-1].startswith(b"event: error\ndata: ")
     error = json.loads(frames[-1].split(b"data: ", 1)[1])
@@ -181,18 +188,7 @@ def test_upstream_dying_mid_stream_is_visible(mock_gateway: ServerProcess) -> No
 
 def test_upstream_silent_mid_stream_times_out_visibly(gateway: ServerProcess) -> None:
     """An upstream silent past `read_timeout` mid-stream yields an `error` event, no clean end."""
-    received = b""
-    with (
-        httpx.Client(timeout=10) as client,
-        client.stream(
-            "POST", gateway.url + "/v1/responses", json=BODY, headers={"x-script": "stall"}
-        ) as response,
-    ):
-        chunks = response.iter_raw()
-        with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012  (the failure ends the loop)
-            for chunk in chunks:
-                received += chunk
-        request_id = response.headers["x-request-id"]
+    received, request_id = _broken_stream(gateway, BODY, {"x-script": "stall"})
     frames = [f for f in received.split(b"\n\n") if f]
     assert len(frames) == 2
     error = json.loads(frames[1].split(b"data: ", 1)[1])
@@ -237,18 +233,7 @@ def test_upstream_dying_mid_frame_adds_nothing(gateway: ServerProcess, tmp_path:
     path = tmp_path / "cut.stream"
     path.write_bytes(cut)
     headers = {"x-replay-file": str(path), "x-replay-max-chunk": "16", "x-replay-abort": "1"}
-    received = b""
-    with (
-        httpx.Client(timeout=10) as client,
-        client.stream(
-            "POST", gateway.url + "/v1/responses", json=BODY, headers=headers
-        ) as response,
-    ):
-        chunks = response.iter_raw()
-        with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012  (the failure ends the loop)
-            for chunk in chunks:
-                received += chunk
-        request_id = response.headers["x-request-id"]
+    received, request_id = _broken_stream(gateway, BODY, headers)
     assert received == cut
     line = _log_for(gateway, request_id)
     assert line["stream_error"] == "upstream_disconnected"

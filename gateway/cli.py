@@ -28,7 +28,8 @@ def quickstart_settings() -> Settings:
 
 
 def _banner(settings: Settings, host: str, port: int) -> str:
-    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host  # noqa: S104
+    # an address, not a name: a bare machine may have no /etc/hosts to resolve "localhost"
+    shown = "127.0.0.1" if host in ("127.0.0.1", "0.0.0.0", "::", "localhost") else host  # noqa: S104
     url = f"http://{shown}:{port}"
     model = settings.models[0].name
     return f"""

@@ -26,8 +26,8 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 def test_banner_prints_ready_examples(quickstart: ServerProcess) -> None:
     """The banner shows a curl command and an SDK snippet for the served model."""
     output = quickstart.output()
-    assert f"curl -s http://localhost:{quickstart.port}/v1/responses" in output
-    assert f'OpenAI(base_url="http://localhost:{quickstart.port}/v1"' in output
+    assert f"curl -s http://127.0.0.1:{quickstart.port}/v1/responses" in output
+    assert f'OpenAI(base_url="http://127.0.0.1:{quickstart.port}/v1"' in output
     assert "embedded_upstream_started" in output
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import statistics
@@ -114,6 +115,8 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench needs wrk: apt-get install wrk")
+    if shutil.which("taskset") and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {1})  # the latency client too stays off the gateway's core
 
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     static_port, live_port, gw_port = free_port(), free_port(), free_port()

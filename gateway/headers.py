@@ -69,20 +69,23 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
 
 
 def upstream_headers(
-    client: Iterable[tuple[bytes, bytes]], fixed: dict[str, str], request_id: str
-) -> dict[str, str]:
-    """Headers for the upstream request; `fixed` (credentials, content type) wins."""
+    client: Iterable[tuple[bytes, bytes]],
+    fixed: bytes,
+    fixed_names: frozenset[bytes],
+    request_id: str,
+) -> bytes:
+    """Header lines for the upstream request: the client's allowed ones, then the gateway's
+    `fixed` lines (credentials, content type) whose names replace the client's."""
     client = list(client)
     named = _connection_tokens(client)
-    out: dict[str, str] = {}
-    for raw_name, raw_value in client:
+    lines: list[bytes] = []
+    for raw_name, value in client:
         name = raw_name.lower()
-        if name in _DROP_UPSTREAM or name in named:
+        if name in _DROP_UPSTREAM or name in named or name in fixed_names:
             continue
-        out[name.decode("latin-1")] = raw_value.decode("latin-1")
-    out.update(fixed)
-    out["x-request-id"] = request_id
-    return out
+        lines += (name, b": ", value, b"\r\n")
+    lines += (fixed, b"x-request-id: ", request_id.encode(), b"\r\n")
+    return b"".join(lines)
 
 
 def downstream_headers(

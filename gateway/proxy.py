@@ -14,7 +14,6 @@ import time
 import zlib
 from typing import Any
 
-import aiohttp
 import msgspec
 from litestar.types import Receive, Scope, Send
 
@@ -22,6 +21,7 @@ from .body import ClientGone, check_json_media_type, read_body
 from .errors import BadGateway, GatewayError, MethodNotAllowed, error_body
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
+from .http1 import Response, UpstreamError
 from .request_ids import RequestIds
 from .routing import Route, Router
 from .sse import StreamTap
@@ -110,9 +110,11 @@ class ResponsesEndpoint:
     async def _forward(
         self, ex: Exchange, scope: Scope, send: Send, route: Route, body: bytes
     ) -> None:
-        headers = upstream_headers(scope["headers"], route.fixed_headers, ex.request_id)
+        headers = upstream_headers(
+            scope["headers"], route.fixed_headers, route.fixed_names, ex.request_id
+        )
         response = await self._upstreams.post(
-            route.provider, route.url, route.upstream_body(body), headers
+            route.provider, route.path, route.upstream_body(body), headers
         )
         finished = False
         try:
@@ -129,7 +131,7 @@ class ResponsesEndpoint:
                     f"The upstream provider '{route.provider}' answered with a redirect "
                     f"(HTTP {response.status}); check its base_url.",
                 )
-            content_type = response.headers.get("content-type", "").encode("latin-1")
+            content_type = response.header(b"content-type") or b""
             if response.status == 200 and content_type.startswith(_SSE):
                 finished = await _relay_stream(ex, send, response)
             else:
@@ -178,7 +180,7 @@ class _DisconnectWatch:
             self._watcher.cancel()
 
 
-async def _relay_stream(ex: Exchange, send: Send, response: aiohttp.ClientResponse) -> bool:
+async def _relay_stream(ex: Exchange, send: Send, response: Response) -> bool:
     """Send the upstream's SSE chunks as they come; False when the upstream broke off."""
     headers = downstream_headers(response.raw_headers, ex.request_id.encode())
     names = {name for name, _ in headers}
@@ -190,12 +192,12 @@ async def _relay_stream(ex: Exchange, send: Send, response: aiohttp.ClientRespon
     ex.response_started = True
     tap = StreamTap()
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.iter_chunks():
             if ex.first_byte_at is None:
                 ex.first_byte_at = time.perf_counter()
             tap.feed(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except UpstreamError as exc:
         timed_out = isinstance(exc, TimeoutError)
         ex.stream_error = "upstream_timeout" if timed_out else "upstream_disconnected"
         if tap.at_frame_boundary:  # mid-frame, an added frame would be glued to a broken one
@@ -226,9 +228,7 @@ def _record(ex: Exchange, tap: StreamTap) -> None:
     ex.outcome = tap.outcome
 
 
-async def _relay_body(
-    ex: Exchange, send: Send, response: aiohttp.ClientResponse, provider: str
-) -> None:
+async def _relay_body(ex: Exchange, send: Send, response: Response, provider: str) -> None:
     body = await read_all(response, provider)
     headers = downstream_headers(response.raw_headers, ex.request_id.encode())
     status = response.status
@@ -252,20 +252,20 @@ async def _relay_body(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _decoded(body: bytes, response: aiohttp.ClientResponse) -> bytes:
+def _decoded(body: bytes, response: Response) -> bytes:
     """The body as JSON text, for reading usage only (the client gets the original bytes)."""
-    encoding = response.headers.get("content-encoding", "identity").lower()
+    encoding = (response.header(b"content-encoding") or b"identity").lower()
     try:
-        if encoding == "gzip":
+        if encoding == b"gzip":
             return gzip.decompress(body)
-        if encoding == "deflate":
+        if encoding == b"deflate":
             return zlib.decompress(body)
     except (OSError, zlib.error, EOFError):
         return b""
     return body
 
 
-def _is_error_envelope(body: bytes, response: aiohttp.ClientResponse) -> bool:
+def _is_error_envelope(body: bytes, response: Response) -> bool:
     try:
         return isinstance(_envelope_decoder.decode(_decoded(body, response)).error, dict)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):

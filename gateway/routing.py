@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -20,10 +21,13 @@ class Route:
     model: str
     provider: str
     upstream_model: str
-    url: str
-    """Full URL of the provider's /responses endpoint."""
-    fixed_headers: dict[str, str] = field(repr=False)
-    """Headers the gateway sets on every upstream request (credentials included: never log)."""
+    path: bytes
+    """Request target of the provider's /responses endpoint, e.g. `/v1/responses`."""
+    fixed_headers: bytes = field(repr=False)
+    """Header lines the gateway sets on every upstream request (credentials included: never
+    log), encoded once."""
+    fixed_names: frozenset[bytes]
+    """Lower-case names of those headers: the client's own of the same name are not sent."""
     drop_fields: frozenset[str]
 
     @property
@@ -54,12 +58,14 @@ class Router:
         for model in settings.models:
             provider = settings.providers[model.provider]
             base = base_urls.get(model.provider, provider.base_url)
+            fixed = _fixed_headers(provider)
             self._routes[model.name] = Route(
                 model=model.name,
                 provider=model.provider,
                 upstream_model=model.upstream_model or model.name,
-                url=base.rstrip("/") + "/responses",
-                fixed_headers=_fixed_headers(provider),
+                path=(urlsplit(base).path.rstrip("/") + "/responses").encode(),
+                fixed_headers=b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in fixed.items()),
+                fixed_names=frozenset(k.encode() for k in fixed),
                 drop_fields=frozenset(provider.drop_fields),
             )
 

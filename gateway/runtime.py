@@ -38,7 +38,7 @@ class Runtime:
         """Open the resources for the app's lifetime, and close them all."""
         try:
             base_urls = await self._start_embedded()
-            await self._upstreams.open()
+            await self._upstreams.open(base_urls)
             router = Router(self.settings, base_urls)
             self._endpoint = ResponsesEndpoint(
                 router, self._upstreams, self.ids, self.settings.server.max_body_bytes, self.log

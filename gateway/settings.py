@@ -51,7 +51,10 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Longest silence from the upstream, in seconds: before its response headers (the client
     gets 504) and between two chunks of its body (the stream is cut, visibly)."""
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
-    """Pooled keep-alive connections kept open to this provider."""
+    """Most connections open to this provider at once; further requests queue."""
+    idle_timeout: PositiveFloat = 4.0
+    """Seconds an idle keep-alive connection is kept for reuse; below the provider's own
+    keep-alive timeout (uvicorn-based servers such as vLLM close after 5 s)."""
 
 
 class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,8 +1,8 @@
-"""The HTTP client toward providers: pooled connections, timeouts, errors mapped once.
+"""The calls to providers: one connection pool per provider, errors mapped once.
 
-aiohttp is used directly on this path: measured on this machine (see README, "Performance"),
-httpx's default transport forwards about 520 requests/s from one worker and httpx over an
-aiohttp transport about 1,650, where aiohttp alone carries about 4,100.
+The pools are `http1.Pool`s, a lean HTTP/1.1 client: measured on this machine
+(`python -m bench.clients`), httpx's default transport carries about 520 requests/s from one
+core, aiohttp about 4,900, and the lean client more (see README, "Performance").
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import aiohttp
-
 from .errors import BadGateway, GatewayTimeout
+from .http1 import Pool, Response, UpstreamError
 from .settings import ProviderSettings
 
 
@@ -21,45 +20,32 @@ class Upstreams:
 
     def __init__(self, providers: dict[str, ProviderSettings]) -> None:
         self._providers = providers
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, Pool] = {}
 
-    async def open(self) -> None:
-        """Create the pools (inside the running event loop)."""
+    async def open(self, base_urls: dict[str, str]) -> None:
+        """Create the pools (inside the running event loop); `base_urls` resolves `embedded`."""
         for name, provider in self._providers.items():
-            connector = aiohttp.TCPConnector(
-                limit=provider.max_connections,
-                ttl_dns_cache=300,
-                enable_cleanup_closed=True,
-            )
-            self._sessions[name] = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=provider.connect_timeout,
-                    sock_read=provider.read_timeout,
-                ),
-                auto_decompress=False,  # bytes reach the client exactly as the provider sent them
-                skip_auto_headers=("User-Agent",),
-                cookie_jar=aiohttp.DummyCookieJar(),
+            self._pools[name] = Pool(
+                base_urls.get(name, provider.base_url),
+                max_connections=provider.max_connections,
+                connect_timeout=provider.connect_timeout,
+                read_timeout=provider.read_timeout,
+                idle_timeout=provider.idle_timeout,
             )
 
     async def close(self) -> None:
-        """Close every pool."""
-        sessions, self._sessions = self._sessions, {}
-        for session in sessions.values():
-            await session.close()
+        """Close every pool's idle connections."""
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.close()
 
-    async def post(
-        self, provider: str, url: str, body: bytes, headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
-        """Send the request and return once the response headers are in."""
+    async def post(self, provider: str, path: bytes, body: bytes, headers: bytes) -> Response:
+        """Send the request and return once the response head is in."""
         with mapped_errors(provider, "did not answer in time", "could not be reached"):
-            return await self._sessions[provider].post(
-                url, data=body, headers=headers, allow_redirects=False
-            )
+            return await self._pools[provider].request(path, headers, body)
 
 
-async def read_all(response: aiohttp.ClientResponse, provider: str) -> bytes:
+async def read_all(response: Response, provider: str) -> bytes:
     """The whole body of a non-streamed answer."""
     with mapped_errors(provider, "stopped sending its answer", "broke off its answer"):
         return await response.read()
@@ -74,7 +60,7 @@ def mapped_errors(provider: str, timed_out: str, failed: str) -> Iterator[None]:
         raise GatewayTimeout(
             f"The upstream provider '{provider}' {timed_out}.", code="upstream_timeout"
         ) from exc
-    except aiohttp.ClientError as exc:
+    except UpstreamError as exc:
         raise BadGateway(
             f"The upstream provider '{provider}' {failed} ({type(exc).__name__}).",
             code="upstream_unavailable",

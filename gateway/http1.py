@@ -150,6 +150,7 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[None] | None = None
         self._received = False
         self._until_eof = True
+        self._keep_alive = False
         self._paused = False
 
     # asyncio.Protocol
@@ -192,6 +193,8 @@ class _Connection(asyncio.Protocol):
         if response is None or head is None:
             return
         response.status = self._parser.get_status_code()
+        # httptools answers this only while the message is being parsed, not after it
+        self._keep_alive = self._parser.should_keep_alive()
         self._head = None
         if not head.done():
             head.set_result(None)
@@ -212,6 +215,7 @@ class _Connection(asyncio.Protocol):
         self._head = head = self.loop.create_future()
         self._received = False
         self._until_eof = True
+        self._keep_alive = False
         self.used = True
         if self.transport is None or self.closed:
             self._fail(Disconnected("the connection closed before the request was sent"))
@@ -246,7 +250,7 @@ class _Connection(asyncio.Protocol):
         """The exchange is over; keep the connection for the next one or close it."""
         if self._response is None:
             return
-        keep = reusable and not self.closed and self._parser.should_keep_alive()
+        keep = reusable and not self.closed and self._keep_alive
         self._response = None
         self._head = None
         self.resume()

@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.clients [--seconds 5] [--rounds 3]
 
 One process (core 0, uvloop) sends non-streamed /v1/responses requests with 16 concurrent
-workers to the static mock upstream (core 1), once with httpx's default transport and once with
-aiohttp, alternating; the median requests/s of each is printed. The gateway uses the faster one
-on its hot path (`gateway/upstream.py`).
+workers to the static mock upstream (core 1) with httpx's default transport, aiohttp and the
+gateway's own lean client (`gateway/http1.py`), in turn; the median requests/s of each is
+printed. The gateway uses the fastest on its hot path (`gateway/upstream.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import httpx
 import uvloop
 
 from bench.run import _body, _mock
+from gateway.http1 import Pool
 from tests.support.procs import free_port
 
 Sender = Callable[[], Awaitable[None]]
@@ -57,6 +58,26 @@ async def _httpx(url: str, body: bytes, seconds: float) -> float:
         return await _drive(send, seconds)
 
 
+async def _lean(url: str, body: bytes, seconds: float) -> float:
+    base, _, path = url.partition("/v1/")
+    pool = Pool(
+        base + "/v1", max_connections=64, connect_timeout=5, read_timeout=30, idle_timeout=30
+    )
+    target = ("/v1/" + path).encode()
+
+    async def send() -> None:
+        response = await pool.request(target, b"content-type: application/json\r\n", body)
+        await response.read()
+        response.release()
+        if response.status != 200:
+            raise RuntimeError(f"status {response.status}")
+
+    try:
+        return await _drive(send, seconds)
+    finally:
+        pool.close()
+
+
 async def _aiohttp(url: str, body: bytes, seconds: float) -> float:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
 
@@ -80,12 +101,17 @@ def main() -> None:
     port = free_port()
     upstream = _mock(port, "bench-static", "--static")
     body = _body("bench-static", False).encode()
-    results: dict[str, list[float]] = {"httpx (default transport)": [], "aiohttp": []}
+    results: dict[str, list[float]] = {
+        "httpx (default transport)": [],
+        "aiohttp": [],
+        "gateway.http1 (lean)": [],
+    }
     with upstream.start(Path(tempfile.mkdtemp()) / "upstream.log"):
         url = f"{upstream.url}/v1/responses"
         for _ in range(args.rounds):
             results["httpx (default transport)"].append(uvloop.run(_httpx(url, body, args.seconds)))
             results["aiohttp"].append(uvloop.run(_aiohttp(url, body, args.seconds)))
+            results["gateway.http1 (lean)"].append(uvloop.run(_lean(url, body, args.seconds)))
     for name, values in results.items():
         runs = [round(v) for v in values]
         print(f"{name:28}{statistics.median(values):10.0f} requests/s   runs {runs}")

@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 import httptools
 
 _HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -83,13 +82,15 @@ class Response:
         return None
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body's chunks as they arrive (raises `UpstreamError` if it breaks off)."""
+        """The body as it arrives, each time all that is buffered (raises `UpstreamError` if
+        the body breaks off)."""
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._buffered < _LOW_WATER:
-                    self._conn.resume()
+                # what has piled up goes out as one chunk: fewer sends when the reader lags
+                chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+                self._buffered = 0
+                self._conn.resume()
                 yield chunk
             elif self._error is not None:
                 raise self._error

@@ -152,6 +152,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 d_rps.append(_wrk(direct, body, args.duration, args.connections))
                 g_rps.append(_wrk(proxied, body, args.duration, args.connections))
+            time.sleep(2)  # let the last wrk run's abandoned connections drain first
             d_lat = asyncio.run(_latencies(direct, body, args.rate, 10))
             g_lat = asyncio.run(_latencies(proxied, body, args.rate, 10))
             rows.append((label, d_rps, g_rps, d_lat, g_lat))

@@ -8,8 +8,9 @@ provider streams), and one gateway worker in front of both; the gateway is pinne
 everything else to core 1 when `taskset` exists. Then for each case:
 - throughput: `wrk` (16 connections) against the upstream directly and through the gateway,
   alternating, `--rounds` times; the medians and their ratio are printed;
-- added latency: a fixed-rate client (200 requests/s) measures p50/p99 directly and through
-  the gateway; the difference is what the gateway adds.
+- added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
+  through the gateway, alternating, `--rounds` times; the median of the per-round differences
+  is what the gateway adds.
 Figures vary with the machine's load: quote medians and ratios, and rerun before comparing.
 """
 
@@ -141,7 +142,7 @@ def main() -> None:
     ):
         print(
             f"wrk: {args.connections} connections, {args.duration}s x {args.rounds} rounds; "
-            f"latency at {args.rate:.0f} requests/s for 10 s; logs in {work}\n"
+            f"latency at {args.rate:.0f} requests/s, 5 s x {args.rounds}; logs in {work}\n"
         )
         for label, model, stream in CASES:
             upstream = static if model == "bench-static" else live
@@ -153,8 +154,10 @@ def main() -> None:
                 d_rps.append(_wrk(direct, body, args.duration, args.connections))
                 g_rps.append(_wrk(proxied, body, args.duration, args.connections))
             time.sleep(2)  # let the last wrk run's abandoned connections drain first
-            d_lat = asyncio.run(_latencies(direct, body, args.rate, 10))
-            g_lat = asyncio.run(_latencies(proxied, body, args.rate, 10))
+            d_lat, g_lat = [], []
+            for _ in range(args.rounds):  # alternating, like the throughput runs
+                d_lat.append(asyncio.run(_latencies(direct, body, args.rate, 5)))
+                g_lat.append(asyncio.run(_latencies(proxied, body, args.rate, 5)))
             rows.append((label, d_rps, g_rps, d_lat, g_lat))
 
     print(
@@ -163,14 +166,14 @@ def main() -> None:
     )
     for label, d_rps, g_rps, d_lat, g_lat in rows:
         d, g = statistics.median(d_rps), statistics.median(g_rps)
-        p50 = _pct(g_lat, 0.5) - _pct(d_lat, 0.5)
-        p99 = _pct(g_lat, 0.99) - _pct(d_lat, 0.99)
+        # per round: gateway percentile minus direct percentile; the median of the rounds
+        p50 = statistics.median(_pct(gl, 0.5) - _pct(dl, 0.5) for dl, gl in zip(d_lat, g_lat))
+        p99 = statistics.median(_pct(gl, 0.99) - _pct(dl, 0.99) for dl, gl in zip(d_lat, g_lat))
         print(f"{label:27}{d:14.0f}{g:15.0f}{g / d:8.2f}{p50:14.3f}{p99:14.3f}")
         runs = f"direct {[round(x) for x in d_rps]}, gateway {[round(x) for x in g_rps]}"
-        print(
-            f"{'':27}  runs: {runs}; p50/p99 direct {_pct(d_lat, 0.5):.3f}/"
-            f"{_pct(d_lat, 0.99):.3f} ms, gateway {_pct(g_lat, 0.5):.3f}/{_pct(g_lat, 0.99):.3f} ms"
-        )
+        p50s = [f"{_pct(dl, 0.5):.2f}/{_pct(gl, 0.5):.2f}" for dl, gl in zip(d_lat, g_lat)]
+        print(f"{'':27}  req/s runs: {runs}")
+        print(f"{'':27}  p50 ms per round (direct/gateway): {', '.join(p50s)}")
 
 
 if __name__ == "__main__":

@@ -166,12 +166,13 @@ def main() -> None:
     )
     for label, d_rps, g_rps, d_lat, g_lat in rows:
         d, g = statistics.median(d_rps), statistics.median(g_rps)
+        pairs = list(zip(d_lat, g_lat, strict=True))
         # per round: gateway percentile minus direct percentile; the median of the rounds
-        p50 = statistics.median(_pct(gl, 0.5) - _pct(dl, 0.5) for dl, gl in zip(d_lat, g_lat))
-        p99 = statistics.median(_pct(gl, 0.99) - _pct(dl, 0.99) for dl, gl in zip(d_lat, g_lat))
+        p50 = statistics.median(_pct(gl, 0.5) - _pct(dl, 0.5) for dl, gl in pairs)
+        p99 = statistics.median(_pct(gl, 0.99) - _pct(dl, 0.99) for dl, gl in pairs)
         print(f"{label:27}{d:14.0f}{g:15.0f}{g / d:8.2f}{p50:14.3f}{p99:14.3f}")
         runs = f"direct {[round(x) for x in d_rps]}, gateway {[round(x) for x in g_rps]}"
-        p50s = [f"{_pct(dl, 0.5):.2f}/{_pct(gl, 0.5):.2f}" for dl, gl in zip(d_lat, g_lat)]
+        p50s = [f"{_pct(dl, 0.5):.2f}/{_pct(gl, 0.5):.2f}" for dl, gl in pairs]
         print(f"{'':27}  req/s runs: {runs}")
         print(f"{'':27}  p50 ms per round (direct/gateway): {', '.join(p50s)}")
 

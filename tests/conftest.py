@@ -38,7 +38,7 @@ def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     server.stop()
 
 
-GatewayFactory = Callable[[dict[str, Any]], ServerProcess]
+GatewayFactory = Callable[..., ServerProcess]
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +46,15 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
     """Start `gateway serve --config FILE` processes from mappings; stop them all at the end."""
     started: list[ServerProcess] = []
 
-    def start(config: dict[str, Any]) -> ServerProcess:
+    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> ServerProcess:
         folder = tmp_path_factory.mktemp("gateway")
         config_path = folder / "gateway.yaml"
         config_path.write_text(yaml.safe_dump(config))
         port = free_port()
         argv = python_module("gateway", "serve", "--config", str(config_path), "--port", str(port))
-        server = ServerProcess(argv, port, ready_path="/readyz", env={"PROVIDER_KEY": PROVIDER_KEY})
+        server = ServerProcess(
+            argv, port, ready_path="/readyz", env={"PROVIDER_KEY": PROVIDER_KEY, **(env or {})}
+        )
         started.append(server)
         return server.start(folder / "gateway.log")
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 
 from .server import MockSettings, start_mock_server
 
 
-async def _serve(settings: MockSettings, host: str, port: int) -> None:
-    runner, url = await start_mock_server(settings, host, port)
+async def _serve(settings: MockSettings, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+    runner, url = await start_mock_server(settings, host, port, tls)
     print(f"mock upstream listening on {url}", flush=True)
     try:
         await asyncio.Event().wait()
@@ -28,7 +29,13 @@ def main() -> None:
     parser.add_argument(
         "--static", action="store_true", help="replay each distinct answer from memory (benchmark)"
     )
+    parser.add_argument("--certfile", help="serve HTTPS with this PEM certificate chain")
+    parser.add_argument("--keyfile", help="the private key of --certfile")
     args = parser.parse_args()
+    tls = None
+    if args.certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.certfile, args.keyfile)
     settings = MockSettings(
         ttft_ms=args.ttft_ms,
         tokens_per_second=args.tokens_per_second,
@@ -38,9 +45,9 @@ def main() -> None:
     try:
         import uvloop  # a faster event loop where available
 
-        uvloop.run(_serve(settings, args.host, args.port))
+        uvloop.run(_serve(settings, args.host, args.port, tls))
     except ImportError:
-        asyncio.run(_serve(settings, args.host, args.port))
+        asyncio.run(_serve(settings, args.host, args.port, tls))
     except KeyboardInterrupt:
         pass
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 import time
 from typing import Any
 
@@ -184,12 +185,17 @@ async def _stream(
 
 
 async def start_mock_server(
-    settings: MockSettings, host: str = "127.0.0.1", port: int = 0
+    settings: MockSettings,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, str]:
-    """Serve the mock on `host:port` (0: any free port); returns the runner and its /v1 URL."""
+    """Serve the mock on `host:port` (0: any free port), over TLS when `tls` is given;
+    returns the runner and its /v1 URL."""
     runner = web.AppRunner(create_mock_app(settings), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     bound = runner.addresses[0]
-    return runner, f"http://{host}:{bound[1]}/v1"
+    scheme = "https" if tls else "http"
+    return runner, f"{scheme}://{host}:{bound[1]}/v1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -33,10 +34,13 @@ class ServerProcess:
         ready_path: str = "/healthz",
         env: dict[str, str] | None = None,
         timeout: float = 20.0,
+        ca_file: str | None = None,
     ) -> None:
+        """`ca_file`: the server speaks HTTPS with a certificate signed by this CA."""
         self.argv = list(argv)
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}"
+        self.tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self.ready_path = ready_path
         self.env = {**os.environ, **(env or {})}
         self.timeout = timeout
@@ -56,7 +60,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.argv} exited early:\n{self.output()}")
             try:
-                with urllib.request.urlopen(self.url + self.ready_path, timeout=1) as resp:  # noqa: S310
+                with urllib.request.urlopen(  # noqa: S310  (our own loopback URL)
+                    self.url + self.ready_path, timeout=1, context=self.tls
+                ) as resp:
                     if resp.status == 200:
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):

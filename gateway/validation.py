@@ -68,12 +68,7 @@ def _invalid(message: str) -> InvalidRequest:
         detail = f"{detail} (in a key)"
     if detail.startswith("Object missing required field `"):
         field = detail.split("`")[1]
-        param = f"{param}.{field}" if param else field
-        return InvalidRequest(
-            f"Missing required parameter: '{param}'.",
-            param=param,
-            code="missing_required_parameter",
-        )
+        return _missing(f"{param}.{field}" if param else field)
     if detail.startswith("Object contains unknown field"):
         return InvalidRequest(
             f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter"
@@ -110,22 +105,14 @@ def _check_tool(index: int, tool: dict[str, Any]) -> None:
     where = f"tools[{index}]"
     kind = tool.get("type")
     if kind is None:
-        raise InvalidRequest(
-            f"Missing required parameter: '{where}.type'.",
-            param=f"{where}.type",
-            code="missing_required_parameter",
-        )
+        raise _missing(f"{where}.type")
     if not isinstance(kind, str):
         raise _bad(f"{where}.type", "expected a string")
     if kind != "function":
         return  # built-in tools (web_search, mcp, ...) are the provider's to check
     name = tool.get("name")
     if name is None:
-        raise InvalidRequest(
-            f"Missing required parameter: '{where}.name'.",
-            param=f"{where}.name",
-            code="missing_required_parameter",
-        )
+        raise _missing(f"{where}.name")
     if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
         raise _bad(f"{where}.name", "expected 1 to 64 characters of a-z, A-Z, 0-9, _ and -")
     if "description" in tool and not isinstance(tool["description"], str | None):
@@ -146,6 +133,12 @@ def _check_tool_choice(choice: str | dict[str, Any]) -> None:
         raise _bad("tool_choice.type", "expected a string")
     if kind == "function" and not isinstance(choice.get("name"), str):
         raise _bad("tool_choice.name", "expected the name of a function tool")
+
+
+def _missing(param: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
 
 
 def _bad(param: str, expected: str) -> InvalidRequest:

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -63,19 +64,57 @@ def _replay(gateway: ServerProcess, path: Path, seed: int, max_chunk: int) -> ht
         return response
 
 
-def _streams(tmp: Path) -> list[tuple[str, Path]]:
-    found = [(p.name, p) for p in recorded_transcripts()]
-    for name, data in edge_case_streams().items():
+MOCK_STREAMS: dict[str, tuple[dict[str, Any], str, str]] = {
+    # name: (extra request fields, x-mock-fault, x-mock-reply)
+    "mock_text": ({}, "", "héllo wörld 😀 日本語, said the mock"),
+    "mock_tool_call": (
+        {
+            "tools": [
+                {
+                    "type": "function",
+                    "name": "f",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                }
+            ]
+        },
+        "",
+        "",
+    ),
+    "mock_data_only_crlf_comments": ({}, "data-only,crlf,comments", ""),
+    "mock_incomplete": ({"max_output_tokens": 3}, "", ""),
+}
+
+
+def _mock_streams(mock: ServerProcess, tmp: Path) -> list[tuple[str, Path]]:
+    """Streams of the product's own upstream, fetched directly from it."""
+    found = []
+    for name, (fields, fault, reply) in MOCK_STREAMS.items():
+        headers = {"x-mock-fault": fault}
+        if reply:
+            headers["x-mock-reply"] = quote(reply)
+        body: dict[str, Any] = {"model": "mock-gpt", "input": "Tell me about Paris", "stream": True}
+        body.update(fields)
+        response = httpx.post(mock.url + "/v1/responses", json=body, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
         path = tmp / f"{name}.stream"
-        path.write_bytes(data)
+        path.write_bytes(response.content)
         found.append((name, path))
     return found
 
 
 @pytest.fixture(scope="module")
-def streams(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Path]]:
-    """Every recorded transcript and every hand-written edge case, as files to replay."""
-    return _streams(tmp_path_factory.mktemp("streams"))
+def streams(
+    tmp_path_factory: pytest.TempPathFactory, mock_upstream: ServerProcess
+) -> list[tuple[str, Path]]:
+    """Every recorded transcript, every hand-written edge case and the product upstream's own
+    streams, as files to replay."""
+    tmp = tmp_path_factory.mktemp("streams")
+    found = [(p.name, p) for p in recorded_transcripts()]
+    for name, data in edge_case_streams().items():
+        path = tmp / f"{name}.stream"
+        path.write_bytes(data)
+        found.append((name, path))
+    return found + _mock_streams(mock_upstream, tmp)
 
 
 @pytest.mark.parametrize(("seed", "max_chunk"), [(1, 1), (2, 7), (3, 64), (4, 4096)])

@@ -385,3 +385,19 @@ def test_unreachable_upstream_is_502(post: Any) -> None:
 def test_silent_upstream_is_504(post: Any) -> None:
     """An upstream silent past `read_timeout` before its first byte is a 504."""
     _assert_error(post(OK, {"x-script": "hang"}), 504, code="upstream_timeout")
+
+
+def test_response_headers_passed_and_withheld(post: Any) -> None:
+    """The provider's cookies, account and rate-limit headers stay; its request id is renamed."""
+    response = post(OK)
+    assert response.status_code == 200
+    assert response.headers["openai-processing-ms"] == "12"
+    assert response.headers["x-upstream-request-id"] == "upstream-req-1"
+    assert response.headers["x-request-id"] != "upstream-req-1"
+    for withheld in (
+        "set-cookie",
+        "openai-organization",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-limit-tokens",
+    ):
+        assert withheld not in response.headers, withheld

@@ -59,7 +59,15 @@ def _app() -> web.Application:
                 "status": "completed",
                 "output": [],
                 "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8},
-            }
+            },
+            headers={  # what OpenAI sends beside its answers
+                "x-request-id": "upstream-req-1",
+                "openai-processing-ms": "12",
+                "openai-organization": "org-shared",
+                "x-ratelimit-remaining-requests": "9999",
+                "x-ratelimit-limit-tokens": "2000000",
+                "set-cookie": "__cf_bm=abc; path=/",
+            },
         )
 
     async def get_requests(_: web.Request) -> web.Response:

@@ -38,9 +38,6 @@ _DROP_UPSTREAM = _HOP_BY_HOP | {
     b"openai-organization",
     b"openai-project",
     b"forwarded",
-    b"x-forwarded-for",
-    b"x-forwarded-host",
-    b"x-forwarded-proto",
     b"x-real-ip",
 }
 
@@ -82,7 +79,12 @@ def upstream_headers(
     lines: list[bytes] = []
     for raw_name, value in client:
         name = raw_name.lower()
-        if name in _DROP_UPSTREAM or name in named or name in fixed_names:
+        if (
+            name in _DROP_UPSTREAM
+            or name in named
+            or name in fixed_names
+            or name.startswith(b"x-forwarded-")
+        ):
             continue
         lines += (name, b": ", value, b"\r\n")
     lines += (fixed, b"x-request-id: ", request_id.encode(), b"\r\n")

@@ -122,8 +122,5 @@ def upstream_requests(upstream: ServerProcess) -> list[dict[str, Any]]:
 
 def log_lines(server: ServerProcess) -> list[dict[str, Any]]:
     """The JSON lines a gateway process wrote to stdout."""
-    lines = []
-    for line in server.output().splitlines():
-        if line.startswith("{"):
-            lines.append(json.loads(line))
-    return lines
+    complete = server.output().split("\n")[:-1]  # the last piece may still be being written
+    return [json.loads(line) for line in complete if line.startswith("{")]

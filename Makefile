@@ -30,8 +30,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-## bench: the gateway against a direct call to the same upstream, side by side
+## bench: the gateway against a direct call to the same upstream, side by side (installs wrk as root)
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
+	  || { echo "make bench needs wrk (apt-get install wrk)"; exit 1; }
 	$(BIN)/python -m bench.run
 
 clean:

@@ -142,7 +142,8 @@ def main() -> None:
     ):
         print(
             f"wrk: {args.connections} connections, {args.duration}s x {args.rounds} rounds; "
-            f"latency at {args.rate:.0f} requests/s, 5 s x {args.rounds}; logs in {work}\n"
+            f"latency at {args.rate:.0f} requests/s, 5 s x {args.rounds}; logs in {work}\n",
+            flush=True,  # piped output is block-buffered: show progress as it comes
         )
         for label, model, stream in CASES:
             upstream = static if model == "bench-static" else live
@@ -159,6 +160,7 @@ def main() -> None:
                 d_lat.append(asyncio.run(_latencies(direct, body, args.rate, 5)))
                 g_lat.append(asyncio.run(_latencies(proxied, body, args.rate, 5)))
             rows.append((label, d_rps, g_rps, d_lat, g_lat))
+            print(f"  {label}: done", flush=True)
 
     print(
         f"{'':27}{'direct req/s':>14}{'gateway req/s':>15}{'ratio':>8}"

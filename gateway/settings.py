@@ -19,6 +19,7 @@ EMBEDDED = "embedded"
 """`base_url` value that selects the built-in upstream, started inside the gateway process."""
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -173,6 +174,12 @@ def _check_references(settings: Settings, source: str) -> None:
             raise ConfigError(f"{source}: models[{index}].name: `{model.name}` is listed twice")
         seen.add(model.name)
     for name, provider in settings.providers.items():
+        for header, value in provider.headers.items():
+            if not _HEADER_NAME.match(header) or "\r" in value or "\n" in value:
+                raise ConfigError(
+                    f"{source}: providers.{name}.headers.{header}: expected a header name "
+                    "(letters, digits, -) and a value on one line"
+                )
         url = provider.base_url
         if url != EMBEDDED and not re.match(r"^https?://[^/\s]+", url):
             raise ConfigError(

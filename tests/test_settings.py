@@ -64,6 +64,10 @@ BAD: dict[str, tuple[str, list[str]]] = {
     ),
     "port": (GOOD + "server: {port: 70000}\n", ["server.port", "<= 65535"]),
     "log_format": (GOOD + "logging: {format: xml}\n", ["logging.format", "json", "console"]),
+    "header_injection": (
+        GOOD.replace("api_key: ${OPENAI_API_KEY}", 'headers: {X-Team: "a\\r\\nHost: evil"}'),
+        ["providers.openai.headers.X-Team", "one line"],
+    ),
 }
 
 

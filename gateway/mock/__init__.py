@@ -1,9 +1,18 @@
 """The product's own upstream: a small server speaking /v1/responses like OpenAI does.
 
-Tests, the quickstart and the benchmark use it. See `server` for the per-request headers that
-steer it (delays, reply text, fault modes).
+Tests, the quickstart and the benchmark use it. Its answers are deterministic from the input
+(`text`), function tools are called with sample arguments (`tools`), and request headers steer
+delays, the reply text and fault modes (`faults`).
+
+    runner, base_url = await start_mock_server(MockSettings(ttft_ms=50))
+    ...  # base_url is e.g. http://127.0.0.1:43123/v1
+    await runner.cleanup()
+
+or from a shell: `python -m gateway.mock --port 8081`.
 """
 
-from .server import MockSettings, create_mock_app, start_mock_server
+from .server import create_mock_app, start_mock_server
+from .settings import MockSettings
+from .text import count_tokens, tokenize
 
-__all__ = ["MockSettings", "create_mock_app", "start_mock_server"]
+__all__ = ["MockSettings", "count_tokens", "create_mock_app", "start_mock_server", "tokenize"]

@@ -1,94 +1,60 @@
-"""The mock's answers: Response objects and the ordered events of their streams.
+"""The mock's answers on the wire: Response objects and the ordered events of their streams.
 
-Shapes and order follow the official spec and real OpenAI recordings: `response.created`,
-`response.in_progress`, the output item's added / delta / done events, then the terminal event
-with the usage. Every event's JSON has `type` first and `sequence_number` last.
+Shapes and order follow the spec and the real OpenAI recordings: every event's JSON has `type`
+first, then its keys in alphabetical order as OpenAI sends them in 2026, except
+`sequence_number` (counting from 0), which comes last.
+
+Text: `response.created`, `response.in_progress`, `response.output_item.added`,
+`response.content_part.added`, `response.output_text.delta` x N, `response.output_text.done`,
+`response.content_part.done`, `response.output_item.done`, then the terminal event.
+Function call: `response.created`, `response.in_progress`, `response.output_item.added`,
+`response.function_call_arguments.delta` x N, `response.function_call_arguments.done`,
+`response.output_item.done`, then the terminal event.
+The terminal event is `response.completed`, or `response.incomplete` when `max_output_tokens`
+cut the output; only it carries `usage`.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
-from .text import count_tokens, input_text, reply_for, sample_arguments, tokenize
+from .answer import Answer
+
+# OpenAI pads every delta event with `obfuscation` so that a frame's size does not give away
+# its token: the recordings show 16 - len(delta) random characters. Taking slices of one
+# fixed string keeps that shape without paying for randomness on every delta.
+_PAD = "Kq7ZxL2pVt9RmW4sYb8NcJ3hGd6FuE1aTr5oQi0eMlHkPzXvBnCgDjSwAy"
+_PAD_TO = 16
 
 
-@dataclass
-class Answer:
-    """What the mock will answer to one request."""
-
-    kind: str  # "message" or "function_call"
-    tokens: list[str]
-    complete: bool
-    input_tokens: int
-    name: str = ""
-    call_id: str = field(default_factory=lambda: "call_" + secrets.token_hex(12))
-    item_id: str = ""
-    response_id: str = field(default_factory=lambda: "resp_" + secrets.token_hex(16))
-    created_at: int = field(default_factory=lambda: int(time.time()))
-
-    @property
-    def text(self) -> str:
-        return "".join(self.tokens)
+def _or(body: dict[str, Any], name: str, default: Any) -> Any:
+    value = body.get(name)
+    return default if value is None else value
 
 
-def plan(body: dict[str, Any], reply: str | None) -> Answer:
-    """Decide the answer: a function call when tools ask for one, else text."""
-    tool = _chosen_tool(body)
-    limit = body.get("max_output_tokens")
-    if tool is not None:
-        tokens = tokenize(sample_arguments(tool.get("parameters")))
-        kind, name, prefix = "function_call", str(tool.get("name", "")), "fc_"
-    else:
-        tokens = tokenize(reply if reply is not None else reply_for(body))
-        kind, name, prefix = "message", "", "msg_"
-    complete = not (isinstance(limit, int) and len(tokens) > limit)
-    if not complete:
-        tokens = tokens[: int(limit or 0)]
-    return Answer(
-        kind=kind,
-        tokens=tokens,
-        complete=complete,
-        input_tokens=count_tokens(input_text(body)),
-        name=name,
-        item_id=prefix + secrets.token_hex(16),
-    )
+def _merged(body: dict[str, Any], name: str, default: dict[str, Any]) -> dict[str, Any]:
+    value = body.get(name)
+    return {**default, **value} if isinstance(value, dict) else default
 
 
-def _chosen_tool(body: dict[str, Any]) -> dict[str, Any] | None:
-    tools = [
-        t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"
-    ]
-    choice = body.get("tool_choice", "auto")
-    given = body.get("input")
-    answered = (
-        isinstance(given, list)
-        and bool(given)
-        and isinstance(given[-1], dict)
-        and given[-1].get("type") == "function_call_output"
-    )
-    if not tools or choice == "none" or answered:
-        return None
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        return next((t for t in tools if t.get("name") == choice.get("name")), tools[0])
-    return tools[0]
-
-
-def _usage(answer: Answer) -> dict[str, Any]:
-    output = len(answer.tokens)
+def usage(answer: Answer) -> dict[str, Any]:
+    """Token usage: input and output as the tokenizer counts them, nothing cached or reasoned."""
     return {
         "input_tokens": answer.input_tokens,
         "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": output,
+        "output_tokens": answer.output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": answer.input_tokens + output,
+        "total_tokens": answer.input_tokens + answer.output_tokens,
     }
 
 
-def _item(answer: Answer, done: bool) -> dict[str, Any]:
-    status = "in_progress" if not done else ("completed" if answer.complete else "incomplete")
+def output_item(answer: Answer, done: bool) -> dict[str, Any]:
+    """The output item as first announced (empty, in progress) or finished."""
+    status = "in_progress"
+    if done:
+        status = "completed" if answer.complete else "incomplete"
     if answer.kind == "function_call":
         return {
             "id": answer.item_id,
@@ -98,98 +64,156 @@ def _item(answer: Answer, done: bool) -> dict[str, Any]:
             "call_id": answer.call_id,
             "name": answer.name,
         }
-    content = [_part(answer.text)] if done else []
     return {
         "id": answer.item_id,
         "type": "message",
         "status": status,
-        "content": content,
+        "content": [_text_part(answer.text)] if done else [],
         "role": "assistant",
     }
 
 
-def _part(text: str) -> dict[str, Any]:
+def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
 
 
 def response_object(body: dict[str, Any], answer: Answer, final: bool) -> dict[str, Any]:
-    """The Response object, in progress (no output, no usage) or final."""
+    """The Response object: in progress (no output, no usage) or final; request params echoed."""
     status = "in_progress"
     if final:
         status = "completed" if answer.complete else "incomplete"
+    incomplete = None if not final or answer.complete else {"reason": "max_output_tokens"}
+    tier = body.get("service_tier")
     return {
         "id": answer.response_id,
         "object": "response",
         "created_at": answer.created_at,
         "status": status,
-        "background": False,
+        "background": _or(body, "background", False),
         "completed_at": int(time.time()) if final else None,
         "error": None,
-        "incomplete_details": None
-        if not final or answer.complete
-        else {"reason": "max_output_tokens"},
+        "frequency_penalty": _or(body, "frequency_penalty", 0.0),
+        "incomplete_details": incomplete,
         "instructions": body.get("instructions"),
         "max_output_tokens": body.get("max_output_tokens"),
-        "max_tool_calls": None,
-        "model": body.get("model"),
-        "output": [_item(answer, True)] if final else [],
-        "parallel_tool_calls": True,
-        "previous_response_id": None,
-        "reasoning": {"effort": None, "summary": None},
-        "service_tier": "default",
-        "store": body.get("store", True),
-        "temperature": body.get("temperature", 1.0),
-        "text": {"format": {"type": "text"}, "verbosity": "medium"},
-        "tool_choice": body.get("tool_choice", "auto"),
-        "tools": body.get("tools") or [],
-        "top_p": body.get("top_p", 1.0),
-        "truncation": "disabled",
-        "usage": _usage(answer) if final else None,
+        "max_tool_calls": body.get("max_tool_calls"),
+        "model": body["model"],
+        "output": [output_item(answer, done=True)] if final else [],
+        "parallel_tool_calls": _or(body, "parallel_tool_calls", True),
+        "presence_penalty": _or(body, "presence_penalty", 0.0),
+        "previous_response_id": body.get("previous_response_id"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "prompt_cache_retention": body.get("prompt_cache_retention"),
+        "reasoning": _merged(body, "reasoning", {"effort": None, "summary": None}),
+        "safety_identifier": body.get("safety_identifier"),
+        # "auto" is resolved to the tier that served the request, as OpenAI reports it.
+        "service_tier": "default" if tier in (None, "auto") else tier,
+        "store": _or(body, "store", True),
+        "temperature": _or(body, "temperature", 1.0),
+        "text": _merged(body, "text", {"format": {"type": "text"}, "verbosity": "medium"}),
+        "tool_choice": _or(body, "tool_choice", "auto"),
+        "tools": _or(body, "tools", []),
+        "top_logprobs": _or(body, "top_logprobs", 0),
+        "top_p": _or(body, "top_p", 1.0),
+        "truncation": _or(body, "truncation", "disabled"),
+        "usage": usage(answer) if final else None,
         "user": body.get("user"),
-        "metadata": body.get("metadata") or {},
+        "metadata": _or(body, "metadata", {}),
     }
 
 
-def stream_events(body: dict[str, Any], answer: Answer) -> list[dict[str, Any]]:
-    """Every event of the streamed answer, numbered from 0."""
-    pending = response_object(body, answer, final=False)
-    ids = {"item_id": answer.item_id, "output_index": 0}
-    events: list[dict[str, Any]] = [
-        {"type": "response.created", "response": pending},
-        {"type": "response.in_progress", "response": pending},
-        {"type": "response.output_item.added", "output_index": 0, "item": _item(answer, False)},
-    ]
-    if answer.kind == "function_call":
-        events += [
-            {"type": "response.function_call_arguments.delta", **ids, "delta": token}
-            for token in answer.tokens
-        ]
-        events.append(
-            {
-                "type": "response.function_call_arguments.done",
-                **ids,
-                "name": answer.name,
-                "arguments": answer.text,
-            }
-        )
-    else:
-        part_ids = {**ids, "content_index": 0}
-        events.append({"type": "response.content_part.added", **part_ids, "part": _part("")})
-        events += [
-            {"type": "response.output_text.delta", **part_ids, "delta": token, "logprobs": []}
-            for token in answer.tokens
-        ]
-        events.append(
-            {"type": "response.output_text.done", **part_ids, "text": answer.text, "logprobs": []}
-        )
-        events.append(
-            {"type": "response.content_part.done", **part_ids, "part": _part(answer.text)}
-        )
-    events.append(
-        {"type": "response.output_item.done", "output_index": 0, "item": _item(answer, True)}
-    )
-    terminal = "response.completed" if answer.complete else "response.incomplete"
-    events.append({"type": terminal, "response": response_object(body, answer, final=True)})
-    for number, event in enumerate(events):
+def stream_events(body: dict[str, Any], answer: Answer) -> Iterator[dict[str, Any]]:
+    """Every event of the streamed answer, in order, numbered from 0.
+
+    A generator, so that the terminal event is built (and `completed_at` read) only once the
+    deltas before it have been paced out.
+    """
+    for number, event in enumerate(_events(body, answer)):
         event["sequence_number"] = number
-    return events
+        yield event
+
+
+def _events(body: dict[str, Any], answer: Answer) -> Iterator[dict[str, Any]]:
+    pending = response_object(body, answer, final=False)
+    yield {"type": "response.created", "response": pending}
+    yield {"type": "response.in_progress", "response": pending}
+    yield {
+        "type": "response.output_item.added",
+        "item": output_item(answer, False),
+        "output_index": 0,
+    }
+    if answer.kind == "function_call":
+        yield from _call_events(answer)
+    else:
+        yield from _text_events(answer)
+    yield {
+        "type": "response.output_item.done",
+        "item": output_item(answer, True),
+        "output_index": 0,
+    }
+    terminal = "response.completed" if answer.complete else "response.incomplete"
+    yield {"type": terminal, "response": response_object(body, answer, final=True)}
+
+
+def _text_events(answer: Answer) -> Iterator[dict[str, Any]]:
+    item_id = answer.item_id
+    yield {
+        "type": "response.content_part.added",
+        "content_index": 0,
+        "item_id": item_id,
+        "output_index": 0,
+        "part": _text_part(""),
+    }
+    for index, token in enumerate(answer.tokens):
+        delta: dict[str, Any] = {
+            "type": "response.output_text.delta",
+            "content_index": 0,
+            "delta": token,
+            "item_id": item_id,
+            "logprobs": [],
+        }
+        if answer.obfuscate:
+            delta["obfuscation"] = _obfuscation(token, index, answer.salt)
+        delta["output_index"] = 0
+        yield delta
+    yield {
+        "type": "response.output_text.done",
+        "content_index": 0,
+        "item_id": item_id,
+        "logprobs": [],
+        "output_index": 0,
+        "text": answer.text,
+    }
+    yield {
+        "type": "response.content_part.done",
+        "content_index": 0,
+        "item_id": item_id,
+        "output_index": 0,
+        "part": _text_part(answer.text),
+    }
+
+
+def _call_events(answer: Answer) -> Iterator[dict[str, Any]]:
+    for index, token in enumerate(answer.tokens):
+        delta: dict[str, Any] = {
+            "type": "response.function_call_arguments.delta",
+            "delta": token,
+            "item_id": answer.item_id,
+        }
+        if answer.obfuscate:
+            delta["obfuscation"] = _obfuscation(token, index, answer.salt)
+        delta["output_index"] = 0
+        yield delta
+    yield {
+        "type": "response.function_call_arguments.done",
+        "arguments": answer.text,
+        "item_id": answer.item_id,
+        "name": answer.name,
+        "output_index": 0,
+    }
+
+
+def _obfuscation(delta: str, index: int, salt: int) -> str:
+    size = max(1, _PAD_TO - len(delta))
+    start = (salt + 37 * index) % (len(_PAD) - _PAD_TO)
+    return _PAD[start : start + size]

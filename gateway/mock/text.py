@@ -1,21 +1,28 @@
 """What the mock says, and how it counts tokens.
 
-Tokenizer: every run of word characters or single other non-space character, together with
-the whitespace before it, is one token (`re.findall(r"\\s*(?:\\w+|[^\\w\\s])", text)`). Output
-is streamed one token per delta, so `output_tokens` equals the number of deltas.
+Tokenizer: a token is a run of word characters (`\\w+`, Unicode-aware) or one other
+non-space character, together with the whitespace before it; whitespace at the very end of
+a text is one last token of its own:
+
+    re.findall(r"\\s*(?:\\w+|[^\\w\\s])|\\s+", text)
+
+So "héllo wörld 😀 日本語" is ["héllo", " wörld", " 😀", " 日本語"], and the tokens of any text
+concatenate back to exactly that text. The answer is streamed one token per delta, hence
+`output_tokens` is the number of deltas; `input_tokens` is the sum of the token counts of the
+instructions and of every text in the input.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-_TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])")
+_TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
+_QUOTED_WORDS = 24  # the reply quotes at most this many words of the question
 
 
 def tokenize(text: str) -> list[str]:
-    """Split `text` into tokens whose concatenation is `text` without trailing whitespace."""
+    """Split `text` into tokens whose concatenation is `text`."""
     return _TOKEN.findall(text)
 
 
@@ -24,30 +31,43 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-def input_text(body: dict[str, Any]) -> str:
-    """All the text a request gives the model: instructions and every input item."""
-    parts: list[str] = []
-    if isinstance(body.get("instructions"), str):
-        parts.append(body["instructions"])
+def input_tokens(body: dict[str, Any]) -> int:
+    """Tokens of everything the request gives the model: instructions and every input text."""
+    total = 0
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        total += count_tokens(instructions)
     given = body.get("input")
     if isinstance(given, str):
-        parts.append(given)
-    elif isinstance(given, list):
-        parts.extend(_item_text(item) for item in given if isinstance(item, dict))
-    return "\n".join(p for p in parts if p)
+        return total + count_tokens(given)
+    for item in given or ():
+        if isinstance(item, dict):
+            total += count_tokens(item_text(item))
+    return total
 
 
-def _item_text(item: dict[str, Any]) -> str:
-    if item.get("type") == "function_call_output":
-        output = item.get("output")
-        return output if isinstance(output, str) else json.dumps(output)
-    if item.get("type") == "function_call":
-        return str(item.get("arguments", ""))
-    content = item.get("content")
+def item_text(item: dict[str, Any]) -> str:
+    """The text of one input item: a message's content, a tool's output or a call's arguments."""
+    kind = item.get("type")
+    if kind == "function_call_output":
+        return _content_text(item.get("output"))
+    if kind == "function_call":
+        arguments = item.get("arguments")
+        return arguments if isinstance(arguments, str) else ""
+    return _content_text(item.get("content"))
+
+
+def _content_text(content: Any) -> str:
+    # Content is a string or a list of parts; only parts with text (input_text, output_text)
+    # count, images and files are not text.
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
     return ""
 
 
@@ -56,53 +76,21 @@ def last_user_text(body: dict[str, Any]) -> str:
     given = body.get("input")
     if isinstance(given, str):
         return given
-    if isinstance(given, list):
-        for item in reversed(given):
-            if isinstance(item, dict) and item.get("role", "user") == "user" and "content" in item:
-                return _item_text(item)
+    for item in reversed(given or ()):
+        if isinstance(item, dict) and item.get("role") == "user":
+            return item_text(item)
     return ""
 
 
 def reply_for(body: dict[str, Any]) -> str:
-    """A deterministic answer that quotes the question."""
+    """A deterministic answer: it quotes the question, or the tool output it was given."""
     given = body.get("input")
     if isinstance(given, list) and given and isinstance(given[-1], dict):
         last = given[-1]
         if last.get("type") == "function_call_output":
-            return f"The tool answered: {_item_text(last)[:200]}. That settles it."
-    asked = " ".join(last_user_text(body).split()[:24]) or "nothing"
+            return f"The tool answered: {item_text(last)[:200]}. That settles it."
+    asked = " ".join(last_user_text(body).split()[:_QUOTED_WORDS]) or "nothing"
     return (
         f'You said: "{asked}". This is the mock upstream answering; '
         "every word here is one token of the stream."
     )
-
-
-def sample_arguments(parameters: Any) -> str:
-    """JSON arguments for a function tool, one sample value per declared property."""
-    if not isinstance(parameters, dict):
-        return "{}"
-    properties = parameters.get("properties")
-    if not isinstance(properties, dict):
-        return "{}"
-    return json.dumps({name: _sample(schema) for name, schema in properties.items()})
-
-
-def _sample(schema: Any) -> Any:
-    if not isinstance(schema, dict):
-        return None
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), None)
-    samples: dict[str, Any] = {
-        "string": "example",
-        "number": 1,
-        "integer": 1,
-        "boolean": True,
-        "array": [],
-        "null": None,
-    }
-    if kind == "object":
-        return json.loads(sample_arguments(schema))
-    return samples.get(str(kind), "example")

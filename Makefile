@@ -8,7 +8,13 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test lint check bench clean
+.PHONY: run test lint check bench clean redis-server
+
+# Installs Debian's redis-server when it is missing (as root with apt-get), else says what to do.
+redis-server:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
+	  >/dev/null; } || { echo "this needs redis-server (apt-get install redis-server)"; exit 1; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## run: serve the gateway on $(HOST):$(PORT); without CONFIG=FILE it starts the embedded upstream
-run: $(STAMP)
+## run: serve the gateway on $(HOST):$(PORT); without CONFIG=FILE it starts the embedded upstream,
+## a private redis-server and prints a demo key
+run: $(STAMP) redis-server
 	$(BIN)/gateway serve $(if $(CONFIG),--config $(CONFIG)) --host $(HOST) --port $(PORT)
 
 ## lint: ruff and mypy strict
@@ -27,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 ## test: lint, then the whole test suite
-test: lint
+test: lint redis-server
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## bench: the gateway against a direct call to the same upstream, side by side (installs wrk as root)

@@ -9,16 +9,21 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 
-from .errors import GatewayError, InternalError, error_body
+from .admin import AdminController, admin_guard
+from .errors import GatewayError, InternalError, ServiceUnavailable, error_body
 from .health import healthz, readyz
 from .models_api import ModelList, ModelsController, model_list
-from .runtime import Runtime
+from .redis_store import RedisUnavailable
+from .runtime import OnReady, Runtime
 from .settings import Settings
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build a gateway serving `settings`; its lifespan opens and closes what it needs."""
-    runtime = Runtime(settings)
+def create_app(settings: Settings, on_ready: OnReady | None = None) -> Litestar:
+    """Build a gateway serving `settings`; its lifespan opens and closes what it needs.
+
+    `on_ready(runtime)` is awaited once everything is open, before the first request.
+    """
+    runtime = Runtime(settings, on_ready)
     models = model_list(settings)
 
     async def responses(scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,6 +47,12 @@ def create_app(settings: Settings) -> Litestar:
     def gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
         return _render(exc.status, exc.body(), exc.headers, request_id(request))
 
+    def redis_unavailable(
+        request: Request[Any, Any, Any], _exc: RedisUnavailable
+    ) -> Response[bytes]:
+        error = ServiceUnavailable("Redis is unreachable; retry shortly.")
+        return _render(error.status, error.body(), {"retry-after": "1"}, request_id(request))
+
     def http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
         """Litestar's own errors (unknown path, wrong method) in the OpenAI shape."""
         status = exc.status_code
@@ -55,13 +66,18 @@ def create_app(settings: Settings) -> Litestar:
         error = InternalError("The gateway failed to handle this request.")
         return _render(error.status, error.body(), {}, request_id(request))
 
+    handlers: list[Any] = [
+        asgi("/v1/responses", copy_scope=False)(responses),
+        ModelsController,
+        healthz,
+        readyz,
+    ]
+    if settings.auth.enabled and settings.auth.admin_key:
+        handlers.append(
+            type("Admin", (AdminController,), {"guards": [admin_guard(settings.auth.admin_key)]})
+        )
     app = Litestar(
-        route_handlers=[
-            asgi("/v1/responses", copy_scope=False)(responses),
-            ModelsController,
-            healthz,
-            readyz,
-        ],
+        route_handlers=handlers,
         dependencies={
             "models": Provide(provide_models, sync_to_thread=False),
             "runtime": Provide(provide_runtime, sync_to_thread=False),
@@ -70,6 +86,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[runtime.lifespan],
         exception_handlers={
             GatewayError: gateway_error,
+            RedisUnavailable: redis_unavailable,
             HTTPException: http_exception,
             Exception: unexpected,
         },

@@ -1,66 +1,111 @@
-"""The `gateway` console script."""
+"""The `gateway` console script: `serve`, and `keys` to manage API keys."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import sys
 from collections.abc import Sequence
 
 import uvicorn
 
 from .app import create_app
+from .keys_cli import add_keys_commands, run_keys_command
 from .logging import configure_logging
+from .runtime import Runtime
 from .settings import EMBEDDED, ConfigError, Settings, load_settings, settings_from_dict
 
 QUICKSTART_MODEL = "mock-gpt"
 
 
-def quickstart_settings() -> Settings:
-    """No configuration given: serve the built-in upstream so the gateway works out of the box."""
+def quickstart_settings(admin_key: str) -> Settings:
+    """No configuration given: the built-in upstream and a private Redis, so that the gateway
+    works out of the box, keys and quotas included."""
     return settings_from_dict(
         {
             "providers": {"embedded": {"base_url": EMBEDDED}},
             "models": [{"name": QUICKSTART_MODEL, "provider": "embedded"}],
+            "redis": {"url": EMBEDDED},
+            "auth": {"admin_key": admin_key},
+            "limits": {
+                "tiers": {
+                    "default": {
+                        "requests_per_minute": 60,
+                        "tokens_per_minute": 200_000,
+                        "tokens_per_day": 2_000_000,
+                        "concurrent_requests": 8,
+                    }
+                }
+            },
             "source": "<quickstart>",
         },
         "<quickstart>",
     )
 
 
-def _banner(settings: Settings, host: str, port: int) -> str:
+def _url(host: str, port: int) -> str:
     # an address, not a name: a bare machine may have no /etc/hosts to resolve "localhost"
     shown = "127.0.0.1" if host in ("127.0.0.1", "0.0.0.0", "::", "localhost") else host  # noqa: S104
-    url = f"http://{shown}:{port}"
+    return f"http://{shown}:{port}"
+
+
+def banner(settings: Settings, url: str, key: str | None, admin_key: str | None) -> str:
+    """What `gateway serve` prints once it is ready: where it is and how to call it."""
     model = settings.models[0].name
-    return f"""
+    shown_key = key or "YOUR_KEY"
+    auth = f" -H 'Authorization: Bearer {shown_key}'" if settings.auth.enabled else ""
+    text = f"""
 LLM gateway on {url}  (config: {settings.source})
 Models: {", ".join(m.name for m in settings.models)}
-
+"""
+    if key:
+        text += f"Demo API key (user `demo`): {key}\n"
+    if admin_key:
+        text += (
+            f"Admin key (this run only): {admin_key}\n"
+            f"  GATEWAY_URL={url} GATEWAY_ADMIN_KEY={admin_key} "
+            "gateway keys create --user alice\n"
+        )
+    text += f"""
 Try it:
-  curl -s {url}/v1/responses -H 'Content-Type: application/json' \\
+  curl -s {url}/v1/responses{auth} -H 'Content-Type: application/json' \\
     -d '{{"model": "{model}", "input": "Say hello"}}'
 
-  curl -sN {url}/v1/responses -H 'Content-Type: application/json' \\
+  curl -sN {url}/v1/responses{auth} -H 'Content-Type: application/json' \\
     -d '{{"model": "{model}", "input": "Say hello", "stream": true}}'
 
   python -c 'from openai import OpenAI
-c = OpenAI(base_url="{url}/v1", api_key="unused", max_retries=0)
+c = OpenAI(base_url="{url}/v1", api_key="{shown_key if settings.auth.enabled else "unused"}")
 print(c.responses.create(model="{model}", input="Say hello").output_text)'
 """
+    return text
 
 
 def _serve(args: argparse.Namespace) -> int:
+    quickstart = not args.config
+    admin_key = "sk-admin-" + secrets.token_urlsafe(24) if quickstart else None
     try:
-        settings = load_settings(args.config) if args.config else quickstart_settings()
+        settings = (
+            load_settings(args.config) if args.config else quickstart_settings(admin_key or "")
+        )
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
+    url = _url(host, port)
     configure_logging(settings.logging)
-    print(_banner(settings, host, port), file=sys.stderr, flush=True)  # stdout: JSON lines only
+
+    async def ready(runtime: Runtime) -> None:
+        key = None
+        if quickstart and runtime.keystore is not None:
+            _, key = await runtime.keystore.create("demo", team="quickstart")
+        # stderr: stdout carries JSON log lines only
+        print(banner(settings, url, key, admin_key), file=sys.stderr, flush=True)
+
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, on_ready=ready),
         host=host,
         port=port,
         loop="uvloop",
@@ -82,11 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--config", help="YAML configuration file (default: built-in quickstart)")
     serve.add_argument("--host", help="interface to bind (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default: server.port, 8080)")
+    add_keys_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    return run_keys_command(args, os.environ)
 
 
 if __name__ == "__main__":

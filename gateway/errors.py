@@ -12,7 +12,7 @@ with the status the API uses for that case::
     ├── MethodNotAllowed          405
     ├── PayloadTooLarge           413
     ├── UnsupportedMediaType      415
-    ├── RateLimited               429  rate_limit_exceeded (Retry-After)
+    ├── RateLimited               429  rate_limit_exceeded / insufficient_quota (Retry-After)
     ├── InternalError             500  server_error (never for anything a client sent)
     ├── BadGateway                502  upstream unreachable, refused, or rejected our key
     ├── ServiceUnavailable        503
@@ -119,9 +119,23 @@ class UnsupportedMediaType(GatewayError):
 
 
 class RateLimited(GatewayError):
+    """A quota is reached; `type_` says which kind (``requests``, ``tokens``,
+    ``insufficient_quota``), `Retry-After` when to try again."""
+
     status = 429
     type = "requests"
     code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type_: str = "requests",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, headers=headers)
+        self.type = type_
 
 
 class InternalError(GatewayError):

@@ -21,7 +21,12 @@ class Exchange:
     provider: str | None = None
     upstream_model: str | None = None
     stream: bool = False
+    caller: str | None = None
+    """The authenticated user."""
+    key_id: str | None = None
+    team: str | None = None
     user: str | None = None
+    """The request's own `user` field."""
     metadata: dict[str, str] | None = None
     status: int = 0
     upstream_status: int | None = None
@@ -34,6 +39,9 @@ class Exchange:
     response_started: bool = False
     response_complete: bool = False
     client_disconnected: bool = False
+    ratelimit_headers: list[tuple[bytes, bytes]] | None = None
+    output_estimate: int = 0
+    """Output tokens seen so far when usage is unknown (stream frames, body size / 4)."""
 
     def log_fields(self) -> dict[str, Any]:
         """The canonical log line's fields (never a credential: none is kept here)."""
@@ -62,7 +70,10 @@ class Exchange:
             "output_tokens": usage.output_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
             "total_tokens": usage.total_tokens if usage else None,
-            "user": self.user,
+            "user": self.caller,
+            "key_id": self.key_id,
+            "team": self.team,
+            "request_user": self.user,
             "metadata": self.metadata,
             "client_disconnected": self.client_disconnected,
         }

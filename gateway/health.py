@@ -1,6 +1,8 @@
-"""Probes: /healthz (the process is alive) and /readyz (it can serve requests)."""
+"""Probes: /healthz (the process is alive) and /readyz (it should get traffic)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from litestar import Response, get
 
@@ -13,9 +15,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", sync_to_thread=False, include_in_schema=False)
-def readyz(runtime: Runtime) -> Response[dict[str, str]]:
-    """Ready: configuration loaded and every resource opened."""
-    if runtime.ready:
-        return Response({"status": "ready"})
-    return Response({"status": "not ready"}, status_code=503)
+@get("/readyz", include_in_schema=False)
+async def readyz(runtime: Runtime) -> Response[dict[str, Any]]:
+    """Ready: started, and Redis reachable unless the policy is ``fail_open``.
+
+    While Redis is down this probes it (at most once per breaker cooldown), so a replica taken
+    out of rotation comes back by itself.
+    """
+    report = await runtime.readiness()
+    return Response(report, status_code=200 if report["ready"] else 503)

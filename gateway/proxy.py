@@ -17,11 +17,13 @@ from typing import Any
 import msgspec
 from litestar.types import Receive, Scope, Send
 
+from .auth import Authenticator, Identity
 from .body import ClientGone, check_json_media_type, read_body
-from .errors import BadGateway, GatewayError, MethodNotAllowed, error_body
+from .errors import BadGateway, GatewayError, MethodNotAllowed, PermissionDenied, error_body
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
 from .http1 import Response, UpstreamError
+from .limits import Admission, Limiter, estimate_tokens
 from .request_ids import RequestIds
 from .routing import Route, Router
 from .sse import StreamTap
@@ -52,13 +54,25 @@ class ResponsesEndpoint:
     """The ASGI handler for POST /v1/responses."""
 
     def __init__(
-        self, router: Router, upstreams: Upstreams, ids: RequestIds, max_body_bytes: int, log: Any
+        self,
+        router: Router,
+        upstreams: Upstreams,
+        ids: RequestIds,
+        max_body_bytes: int,
+        log: Any,
+        *,
+        auth: Authenticator | None = None,
+        limiter: Limiter | None = None,
+        default_output_tokens: int = 4096,
     ) -> None:
         self._router = router
         self._upstreams = upstreams
         self._ids = ids
         self._max_body = max_body_bytes
         self._log = log
+        self._auth = auth
+        self._limiter = limiter
+        self._default_output = default_output_tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(self._ids.for_scope(scope), time.perf_counter())
@@ -81,6 +95,10 @@ class ResponsesEndpoint:
                 f"Method {ex.method} is not allowed on {ex.path}; use POST.",
                 headers={"allow": "POST"},
             )
+        identity = None
+        if self._auth is not None:
+            identity = await self._auth.authenticate(scope)
+            ex.caller, ex.key_id, ex.team = identity.user, identity.key_id, identity.team
         check_json_media_type(scope)
         body = await read_body(scope, receive, self._max_body)
         request = parse_request(body)
@@ -88,7 +106,21 @@ class ResponsesEndpoint:
         ex.metadata = request.metadata
         route = self._router.resolve(request.model)
         ex.provider, ex.upstream_model = route.provider, route.upstream_model
-        await self._while_connected(ex, scope, receive, send, route, body)
+        admission = None
+        if identity is not None:
+            _check_model_allowed(identity, request.model)
+            if self._limiter is not None:
+                estimate = estimate_tokens(body, request.max_output_tokens, self._default_output)
+                admission = await self._limiter.admit(identity, request.model, estimate)
+        if admission is None:
+            await self._while_connected(ex, scope, receive, send, route, body)
+            return
+        ex.ratelimit_headers = admission.headers
+        try:
+            await self._while_connected(ex, scope, receive, send, route, body)
+        finally:
+            assert self._limiter is not None
+            self._limiter.settle(admission, _charge(ex, admission, len(body)))
 
     async def _while_connected(
         self, ex: Exchange, scope: Scope, receive: Receive, send: Send, route: Route, body: bytes
@@ -145,6 +177,27 @@ class ResponsesEndpoint:
                 response.close()  # the upstream sees the connection close
 
 
+def _check_model_allowed(identity: Identity, model: str) -> None:
+    if identity.models is not None and model not in identity.models:
+        raise PermissionDenied(
+            f"Your API key is not allowed to use the model `{model}`.",
+            param="model",
+            code="model_not_allowed",
+        )
+
+
+def _charge(ex: Exchange, admission: Admission, body_size: int) -> int:
+    """The tokens to charge for a request, from what is known of its end."""
+    usage = ex.outcome.usage if ex.outcome is not None else None
+    if usage is not None:
+        return usage.total_tokens  # the provider's own count; may exceed the reservation
+    if not ex.response_started or ex.first_byte_at is None or (ex.upstream_status or 0) >= 300:
+        return 0  # nothing reached the client, or an error: the reservation is refunded
+    # Broken off (client gone, upstream cut): at least what was streamed, at most the
+    # reservation.
+    return min(admission.reserved, body_size // 4 + 1 + ex.output_estimate)
+
+
 class _DisconnectWatch:
     """Cancels a request's task when its client leaves.
 
@@ -187,6 +240,8 @@ async def _relay_stream(ex: Exchange, send: Send, response: Response) -> bool:
     if b"cache-control" not in names:
         headers.append((b"cache-control", b"no-cache"))
     headers.append((b"x-accel-buffering", b"no"))
+    if ex.ratelimit_headers:
+        headers.extend(ex.ratelimit_headers)
     ex.status = response.status
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     ex.response_started = True
@@ -196,6 +251,7 @@ async def _relay_stream(ex: Exchange, send: Send, response: Response) -> bool:
             if ex.first_byte_at is None:
                 ex.first_byte_at = time.perf_counter()
             tap.feed(chunk)
+            ex.output_estimate = tap.frames
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except UpstreamError as exc:
         timed_out = isinstance(exc, TimeoutError)
@@ -244,6 +300,9 @@ async def _relay_body(ex: Exchange, send: Send, response: Response, provider: st
         headers.append((b"content-type", b"application/json"))
     elif status == 200:
         ex.outcome = outcome_from_response(_decoded(body, response))
+        ex.output_estimate = len(body) // 4
+    if ex.ratelimit_headers:
+        headers.extend(ex.ratelimit_headers)
     headers.append((b"content-length", str(len(body)).encode()))
     ex.status = status
     ex.response_started = True
@@ -281,5 +340,7 @@ async def _send_error(send: Send, ex: Exchange, exc: GatewayError) -> None:
         (b"x-request-id", ex.request_id.encode()),
     ]
     headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
+    if ex.ratelimit_headers:
+        headers.extend(ex.ratelimit_headers)
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,11 +1,13 @@
-"""The process's resources: upstream pools, the embedded upstream, the router.
+"""The process's resources: Redis, upstream pools, the embedded servers, the router.
 
 Created by `create_app`, opened and closed by the app's lifespan; nothing lives at module level.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,43 +15,130 @@ import structlog
 from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
+from .apikeys import KeyHasher, KeyStore
+from .auth import Authenticator
+from .embedded_redis import EmbeddedRedis
 from .errors import ServiceUnavailable
+from .limits import Limiter
 from .proxy import ResponsesEndpoint
+from .redis_keys import RedisKeys
+from .redis_store import RedisStore
 from .request_ids import RequestIds
 from .routing import Router
 from .settings import EMBEDDED, Settings
 from .upstream import Upstreams
 
+OnReady = Callable[["Runtime"], Any]
+
 
 class Runtime:
     """Everything a running gateway holds open."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_ready: OnReady | None = None) -> None:
         self.settings = settings
         self.ready = False
         self.log = structlog.get_logger("gateway")
         self.ids = RequestIds()
+        self.redis_keys = RedisKeys()
+        self.store: RedisStore | None = None
+        self.keystore: KeyStore | None = None
+        self.auth: Authenticator | None = None
+        self.limiter: Limiter | None = None
+        self._on_ready = on_ready
         self._upstreams = Upstreams(settings.providers)
         self._endpoint: ResponsesEndpoint | None = None
         self._embedded: list[Any] = []
+        self._redis_server: EmbeddedRedis | None = None
+        self._renewing: asyncio.Task[None] | None = None
+
+    @property
+    def fail_open(self) -> bool:
+        return self.settings.redis.on_failure == "fail_open"
 
     @asynccontextmanager
     async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
         """Open the resources for the app's lifetime, and close them all."""
         try:
+            if self.settings.auth.enabled:
+                await self._open_redis()
             base_urls = await self._start_embedded()
             await self._upstreams.open(base_urls)
             router = Router(self.settings, base_urls)
             self._endpoint = ResponsesEndpoint(
-                router, self._upstreams, self.ids, self.settings.server.max_body_bytes, self.log
+                router,
+                self._upstreams,
+                self.ids,
+                self.settings.server.max_body_bytes,
+                self.log,
+                auth=self.auth,
+                limiter=self.limiter,
+                default_output_tokens=self.settings.limits.default_output_tokens,
             )
+            if self._on_ready is not None:
+                await self._on_ready(self)
             self.ready = True
             yield
         finally:
             self.ready = False
-            await self._upstreams.close()
-            for runner in self._embedded:
-                await runner.cleanup()
+            await self._close()
+
+    async def _open_redis(self) -> None:
+        url = self.settings.redis.url
+        if url == EMBEDDED:
+            self._redis_server = EmbeddedRedis()
+            url = await self._redis_server.start()
+            self.log.info("embedded_redis_started", url=url)
+        self.store = RedisStore(self.settings.redis, url, self.log)
+        self.keystore = KeyStore(self.store, self.redis_keys, KeyHasher(self.settings.auth.pepper))
+        self.auth = Authenticator(self.settings.auth, self.keystore, self.fail_open, self.log)
+        await self.auth.open()
+        self.limiter = Limiter(
+            self.store, self.redis_keys, self.settings.limits, self.fail_open, self.log
+        )
+        self._renewing = asyncio.get_running_loop().create_task(self.limiter.renew_leases())
+        if not await self.store.ping():
+            self.log.warning("redis_unreachable_at_start", policy=self.settings.redis.on_failure)
+
+    async def _close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+        if self.limiter is not None:
+            await self.limiter.drain()
+        if self.auth is not None:
+            await self.auth.close()
+        if self.store is not None:
+            await self.store.close()
+        if self._redis_server is not None:
+            await self._redis_server.stop()
+        await self._upstreams.close()
+        for runner in self._embedded:
+            await runner.cleanup()
+
+    async def readiness(self) -> dict[str, Any]:
+        """What /readyz reports; `ready` is False when this replica should get no traffic."""
+        if not self.ready:
+            return {"ready": False, "status": "starting"}
+        if self.store is None:
+            return {"ready": True, "status": "ready"}
+        redis_ok = self.store.breaker.closed or await self.store.ping()
+        policy = self.settings.redis.on_failure
+        report: dict[str, Any] = {
+            "ready": redis_ok or self.fail_open,
+            "status": "ready" if redis_ok else f"redis unreachable ({policy})",
+            "redis": "ok" if redis_ok else "unreachable",
+            "redis_policy": policy,
+            "redis_failures": self.store.failures,
+            "policy_uses": self.policy_uses,
+        }
+        return report
+
+    @property
+    def policy_uses(self) -> int:
+        """Requests decided by the Redis failure policy, since start."""
+        used = self.limiter.policy_uses if self.limiter else 0
+        return used + (self.auth.policy_uses if self.auth else 0)
 
     async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point of POST /v1/responses."""

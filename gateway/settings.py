@@ -26,7 +26,11 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
-_ENUMS = {"level": ("debug", "info", "warning", "error"), "format": ("json", "console")}
+_ENUMS = {
+    "level": ("debug", "info", "warning", "error"),
+    "format": ("json", "console"),
+    "on_failure": ("fail_closed", "fail_open"),
+}
 
 
 class ConfigError(Exception):
@@ -93,6 +97,114 @@ class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``json``: one object per line on stdout; ``console``: for people at a terminal."""
 
 
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The shared state of every replica: keys, quotas."""
+
+    url: str = EMBEDDED
+    """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS; ``embedded`` starts a
+    private ``redis-server`` beside the gateway (demo and development only: nothing is shared
+    and nothing outlives the process)."""
+    timeout: PositiveFloat = 0.25
+    """Seconds any one Redis command may take before it counts as failed."""
+    on_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
+    """When Redis is unreachable: ``fail_closed`` answers 503 to every request that needs it;
+    ``fail_open`` serves requests without enforcing quotas (keys already seen in the last
+    minute still authenticate)."""
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
+    """Consecutive failures that open the breaker: Redis is then not called at all..."""
+    breaker_cooldown: PositiveFloat = 1.0
+    """...for this many seconds, after which one request probes it again."""
+
+
+class KeySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An API key declared in the configuration file by its hash (see `gateway keys hash`)."""
+
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    """Safe to log; names the key in logs and usage."""
+    hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    """SHA-256 (or, with a pepper, HMAC-SHA-256) of the key, 64 hex digits."""
+    user: Annotated[str, msgspec.Meta(min_length=1)]
+    team: str | None = None
+    tier: str | None = None
+    """Limits tier; default ``limits.default_tier``."""
+    models: tuple[str, ...] | None = None
+    """Models this key may use; all when absent."""
+
+
+class SsoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """OIDC tokens (JWT) from the organization's identity provider, as bearer credentials."""
+
+    issuer: str
+    """Expected ``iss``."""
+    audience: str
+    """Expected ``aud`` (one of, when the token lists several)."""
+    jwks_url: str
+    """Where the provider publishes its signing keys."""
+    user_claim: str = "sub"
+    """Claim holding the user id."""
+    tier_claim: str | None = None
+    """Claim (a string or a list, e.g. ``groups``) whose values pick the limits tier..."""
+    tiers: dict[str, str] = msgspec.field(default_factory=dict)
+    """...through this map of claim value → tier; the first listed match wins."""
+    algorithms: tuple[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"], ...] = (
+        "RS256",
+        "ES256",
+    )
+    leeway: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
+    """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``, in seconds."""
+    jwks_cache_seconds: PositiveFloat = 300.0
+    """How long fetched signing keys are trusted before they are fetched again."""
+
+
+class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Who may call: gateway-issued API keys, SSO tokens, the admin credential."""
+
+    enabled: bool = True
+    """``false`` serves everyone without a credential and without quotas (never in production)."""
+    pepper: str | None = None
+    """Server-side secret mixed into stored key hashes (HMAC-SHA-256); plain SHA-256 without."""
+    admin_key: str | None = None
+    """Credential of the ``/admin`` API; the admin API is off when unset."""
+    key_cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    """How long a replica reuses a key it looked up: the bound on how late it sees a revocation."""
+    keys: tuple[KeySettings, ...] = ()
+    """Bootstrap keys, by hash; they work even before anything is in Redis."""
+    sso: SsoSettings | None = None
+
+
+class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A set of limits; an absent one is not enforced."""
+
+    requests_per_minute: NonNegativeInt | None = None
+    tokens_per_minute: NonNegativeInt | None = None
+    tokens_per_day: NonNegativeInt | None = None
+    """Calendar day, UTC."""
+    concurrent_requests: NonNegativeInt | None = None
+
+
+class TierSettings(LimitSettings, frozen=True, forbid_unknown_fields=True):
+    """The limits of one tier, and optionally tighter ones per model."""
+
+    models: dict[str, LimitSettings] = msgspec.field(default_factory=dict)
+
+
+class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Quotas: tiers, the default tier and how tokens are reserved before they are known."""
+
+    default_tier: str = "default"
+    tiers: dict[str, TierSettings] = msgspec.field(
+        default_factory=lambda: {"default": TierSettings()}
+    )
+    default_output_tokens: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    """Output tokens reserved for a request without ``max_output_tokens``."""
+    concurrency_lease: Annotated[float, msgspec.Meta(ge=5)] = 60.0
+    """Seconds a concurrency slot outlives a replica that died holding it; renewed while the
+    request runs."""
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the gateway reads from its configuration file."""
 
@@ -100,6 +212,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: tuple[ModelSettings, ...]
     server: ServerSettings = ServerSettings()
     logging: LoggingSettings = LoggingSettings()
+    redis: RedisSettings = RedisSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
     source: str = "<built-in>"
     """Where these settings came from, for messages."""
 
@@ -173,6 +288,7 @@ def _check_references(settings: Settings, source: str) -> None:
         if model.name in seen:
             raise ConfigError(f"{source}: models[{index}].name: `{model.name}` is listed twice")
         seen.add(model.name)
+    _check_auth(settings, source)
     for name, provider in settings.providers.items():
         for header, value in provider.headers.items():
             if not _HEADER_NAME.match(header) or "\r" in value or "\n" in value:
@@ -186,6 +302,38 @@ def _check_references(settings: Settings, source: str) -> None:
                 f"{source}: providers.{name}.base_url: expected an http(s) URL or "
                 f"`{EMBEDDED}`, got `{url}`"
             )
+
+
+def _check_auth(settings: Settings, source: str) -> None:
+    tiers = settings.limits.tiers
+    if settings.limits.default_tier not in tiers:
+        raise ConfigError(
+            f"{source}: limits.default_tier: expected one of the keys under `limits.tiers` "
+            f"({', '.join(sorted(tiers)) or 'none'}), got `{settings.limits.default_tier}`"
+        )
+    named = [(f"auth.keys[{i}].tier", k.tier) for i, k in enumerate(settings.auth.keys)]
+    if settings.auth.sso is not None:
+        named += [(f"auth.sso.tiers.{g}", t) for g, t in settings.auth.sso.tiers.items()]
+    for where, tier in named:
+        if tier is not None and tier not in tiers:
+            raise ConfigError(
+                f"{source}: {where}: expected one of the keys under `limits.tiers` "
+                f"({', '.join(sorted(tiers))}), got `{tier}`"
+            )
+    ids = [k.id for k in settings.auth.keys]
+    for index, key_id in enumerate(ids):
+        if key_id in ids[:index]:
+            raise ConfigError(f"{source}: auth.keys[{index}].id: `{key_id}` is listed twice")
+    url = settings.redis.url
+    if url != EMBEDDED and not re.match(r"^(rediss?|unix)://", url):
+        raise ConfigError(
+            f"{source}: redis.url: expected a redis://, rediss:// or unix:// URL or "
+            f"`{EMBEDDED}`, got `{_redact_url(url)}`"
+        )
+
+
+def _redact_url(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def _expand(node: Any, env: dict[str, str], path: Path, where: str) -> Any:

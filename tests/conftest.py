@@ -11,10 +11,13 @@ import pytest
 import yaml
 
 from tests.support.procs import ServerProcess, free_port, python_module
+from tests.support.redis_server import RedisServer
 
 PROVIDER_KEY = "sk-provider-Zx81secretvalue-never-logged"
 """The provider key every test gateway injects upstream; it must never reach a client or log."""
 CLIENT_KEY = "sk-client-Q7secret-never-forwarded"
+ADMIN_KEY = "sk-admin-test-Vq3secret-never-logged"
+"""The admin credential of every test gateway that serves /admin."""
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +45,23 @@ GatewayFactory = Callable[..., ServerProcess]
 
 
 @pytest.fixture(scope="session")
-def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
+def secrets_seen() -> list[str]:
+    """Credentials tests issued or used (API keys, JWTs): no gateway log may contain one."""
+    return [PROVIDER_KEY, CLIENT_KEY, ADMIN_KEY]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server shared by the session's gateways (tests use distinct users)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_factory(
+    tmp_path_factory: pytest.TempPathFactory, secrets_seen: list[str]
+) -> Iterator[GatewayFactory]:
     """Start `gateway serve --config FILE` processes from mappings; stop them all at the end."""
     started: list[ServerProcess] = []
 
@@ -52,22 +71,21 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
         config_path.write_text(yaml.safe_dump(config))
         port = free_port()
         argv = python_module("gateway", "serve", "--config", str(config_path), "--port", str(port))
-        server = ServerProcess(
-            argv, port, ready_path="/readyz", env={"PROVIDER_KEY": PROVIDER_KEY, **(env or {})}
-        )
+        env = {"PROVIDER_KEY": PROVIDER_KEY, "ADMIN_KEY": ADMIN_KEY, **(env or {})}
+        server = ServerProcess(argv, port, ready_path="/readyz", env=env)
         started.append(server)
         return server.start(folder / "gateway.log")
 
     yield start
     for server in started:
         server.stop()
-    leaked = [s.log_path for s in started if s.log_path and _has_secret(s.log_path)]
+    leaked = [s.log_path for s in started if s.log_path and _has_secret(s.log_path, secrets_seen)]
     assert not leaked, f"a secret appeared in gateway logs: {leaked}"
 
 
-def _has_secret(path: Path) -> bool:
+def _has_secret(path: Path, secrets: list[str]) -> bool:
     text = path.read_text(errors="replace")
-    return PROVIDER_KEY in text or CLIENT_KEY in text
+    return any(secret in text for secret in secrets)
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +113,7 @@ def gateway(gateway_factory: GatewayFactory, scripted_upstream: ServerProcess) -
                 {"name": "nowhere", "provider": "nowhere"},
             ],
             "server": {"max_body_bytes": 1024 * 1024},
+            "auth": {"enabled": False},  # this gateway tests proxying; test_auth tests keys
         }
     )
 
@@ -108,6 +127,7 @@ def mock_gateway(gateway_factory: GatewayFactory, mock_upstream: ServerProcess) 
                 "mock": {"base_url": mock_upstream.url + "/v1", "api_key": "${PROVIDER_KEY}"}
             },
             "models": [{"name": "mock-gpt", "provider": "mock"}],
+            "auth": {"enabled": False},
         }
     )
 

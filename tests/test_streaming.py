@@ -255,7 +255,7 @@ def test_canonical_log_line(gateway: ServerProcess) -> None:
     assert line["provider"] == "scripted"
     assert line["status"] == 200
     assert line["stream"] is False
-    assert line["user"] == "u-42"
+    assert line["request_user"] == "u-42"
     assert line["metadata"] == {"team": "qa"}
     assert (line["input_tokens"], line["output_tokens"], line["total_tokens"]) == (3, 5, 8)
     assert line["latency_ms"] > 0

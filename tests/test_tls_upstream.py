@@ -48,6 +48,7 @@ def _config(upstream: ServerProcess) -> dict[str, object]:
     return {
         "providers": {"secure": {"base_url": upstream.url + "/v1", "api_key": "${PROVIDER_KEY}"}},
         "models": [{"name": "mock-gpt", "provider": "secure"}],
+        "auth": {"enabled": False},
     }
 
 

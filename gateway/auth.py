@@ -1,0 +1,202 @@
+"""Who is calling: API keys (configured by hash or issued into Redis) and SSO tokens.
+
+A replica keeps a key it looked up for `auth.key_cache_seconds` (at most 1 s): the hot path
+then needs no Redis round trip for authentication, and a revocation written to Redis is seen by
+every replica within that time. While Redis is unreachable under ``fail_open``, keys seen in
+the last minute keep working (nothing can be revoked while Redis is down anyway); under
+``fail_closed`` a key that must be looked up gets 503.
+
+Every refusal says the same thing, whether the key exists or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+from litestar.types import Scope
+
+from .apikeys import KeyHasher, KeyRecord, KeyStore, key_id_of
+from .body import header
+from .errors import AuthenticationFailed, InvalidRequest, ServiceUnavailable
+from .redis_store import RedisUnavailable
+from .settings import AuthSettings, LimitSettings
+from .sso import JwtVerifier, SsoRejected, looks_like_jwt
+
+STALE_FOR = 60.0
+"""Seconds a cached key may still be used under ``fail_open`` while Redis is unreachable."""
+CACHE_ENTRIES = 20_000
+_QUERY_CREDENTIALS = frozenset({"api_key", "api-key", "apikey", "key", "access_token", "token"})
+_NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+_BAD_KEY = "Incorrect API key provided. Check the key, or ask an administrator for a new one."
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """An authenticated caller."""
+
+    user: str
+    key_id: str | None
+    """The API key's id, or ``sso`` for an SSO token."""
+    team: str | None = None
+    tier: str | None = None
+    models: frozenset[str] | None = None
+    """Models this caller may use; all when None."""
+    key_limits: LimitSettings | None = None
+
+
+class _Cached(msgspec.Struct):
+    fresh_until: float
+    stale_until: float
+    identity: Identity | None
+
+
+class Authenticator:
+    """Turns a request's credentials into an `Identity`, or refuses it."""
+
+    def __init__(
+        self,
+        settings: AuthSettings,
+        keystore: KeyStore | None,
+        fail_open: bool,
+        log: Any,
+    ) -> None:
+        self._settings = settings
+        self._hasher = KeyHasher(settings.pepper)
+        self._keystore = keystore
+        self._fail_open = fail_open
+        self._log = log
+        self._configured = {
+            k.hash: Identity(
+                user=k.user,
+                key_id=k.id,
+                team=k.team,
+                tier=k.tier,
+                models=frozenset(k.models) if k.models is not None else None,
+            )
+            for k in settings.keys
+        }
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._sso = JwtVerifier(settings.sso) if settings.sso is not None else None
+        self._touching: set[asyncio.Task[None]] = set()
+        self.policy_uses = 0
+        """Requests authenticated from a stale cache entry because Redis was unreachable."""
+
+    async def open(self) -> None:
+        if self._sso is not None:
+            await self._sso.open()
+
+    async def close(self) -> None:
+        if self._sso is not None:
+            await self._sso.close()
+
+    async def authenticate(self, scope: Scope) -> Identity:
+        """The caller of `scope`, or `AuthenticationFailed` (401)."""
+        _refuse_query_credentials(scope)
+        value = header(scope, b"authorization")
+        if value is None:
+            raise AuthenticationFailed(_NO_KEY)
+        scheme, _, credential = value.decode("latin-1").partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise AuthenticationFailed(_NO_KEY)
+        digest = self._hasher.digest(credential)
+        configured = self._configured.get(digest)
+        if configured is not None:
+            return configured
+        key_id = key_id_of(credential)
+        if key_id is not None and self._keystore is not None:
+            identity = await self._issued_key(digest, key_id, credential)
+        elif self._sso is not None and looks_like_jwt(credential):
+            identity = await self._sso_token(credential)
+        else:
+            identity = None
+        if identity is None:
+            raise AuthenticationFailed(_BAD_KEY)
+        return identity
+
+    async def _issued_key(self, digest: str, key_id: str, key: str) -> Identity | None:
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now < cached.fresh_until:
+            return cached.identity
+        assert self._keystore is not None
+        try:
+            record = await self._keystore.get(key_id)
+        except RedisUnavailable:
+            if self._fail_open and cached is not None and now < cached.stale_until:
+                self.policy_uses += 1
+                self._log.warning("auth_policy_used", policy="fail_open", key_id=key_id)
+                return cached.identity
+            raise ServiceUnavailable(
+                "The gateway cannot check credentials right now; retry shortly.",
+                code="auth_unavailable",
+                headers={"retry-after": "1"},
+            ) from None
+        identity = _identity(record, key, self._hasher)
+        self._remember(digest, identity, now)
+        if identity is not None:
+            self._touch(key_id)
+        return identity
+
+    async def _sso_token(self, token: str) -> Identity | None:
+        assert self._sso is not None
+        try:
+            found = await self._sso.verify(token)
+        except SsoRejected as exc:
+            self._log.info("sso_rejected", reason=exc.reason)
+            return None
+        return Identity(user=found.user, key_id="sso", tier=found.tier)
+
+    def _remember(self, digest: str, identity: Identity | None, now: float) -> None:
+        ttl = self._settings.key_cache_seconds
+        self._cache[digest] = _Cached(now + ttl, now + STALE_FOR, identity)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+
+    def _touch(self, key_id: str) -> None:
+        """Record the key's last use in the background (once per cache period at most)."""
+        assert self._keystore is not None
+        task = asyncio.get_running_loop().create_task(self._keystore.touch(key_id, time.time()))
+        self._touching.add(task)
+        task.add_done_callback(self._touched)
+
+    def _touched(self, task: asyncio.Task[None]) -> None:
+        self._touching.discard(task)
+        if not task.cancelled():
+            task.exception()  # RedisStore logged it; the last use is informative only
+
+
+def _identity(record: KeyRecord | None, key: str, hasher: KeyHasher) -> Identity | None:
+    """The identity a record grants `key`, if it matches and is usable."""
+    if record is None or not hasher.matches(key, record.hash) or not record.usable(time.time()):
+        return None
+    return Identity(
+        user=record.user,
+        key_id=record.id,
+        team=record.team,
+        tier=record.tier,
+        models=frozenset(record.models) if record.models is not None else None,
+        key_limits=record.limits,
+    )
+
+
+def _refuse_query_credentials(scope: Scope) -> None:
+    """Credentials in a URL end up in proxy and browser logs: refuse them outright."""
+    query = scope.get("query_string", b"")
+    if not query:
+        return
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name.lower() in _QUERY_CREDENTIALS or value.startswith("sk-"):
+            raise InvalidRequest(
+                "Credentials are not accepted in the URL: send them in the Authorization "
+                "header (Authorization: Bearer YOUR_KEY).",
+                code="credentials_in_query",
+            )

@@ -1,0 +1,300 @@
+"""Quotas: admit a request against its caller's limits, then settle its real usage.
+
+Each request is checked, in one atomic Lua script (`lua/admit.lua`), against every scope that
+applies to it: the user (tier limits, or the admin's overrides), the API key when the key has
+limits of its own, and the model when the tier limits it. The algorithm is a sliding-window log
+for the per-minute limits (exact: never more than N in any 60 s, no burst at window edges,
+which GCRA and fixed windows allow), a counter of the UTC day for tokens per day, and leases
+for concurrency. Tokens are unknown until the answer ends, so admission reserves an estimate
+(input size / 4 + ``max_output_tokens`` or ``limits.default_output_tokens``, capped at the
+limit) and `settle` replaces it by the real usage (`lua/settle.lua`).
+
+Redis is asked once before a request is forwarded. When it cannot be asked, the configured
+policy decides: ``fail_closed`` answers 503, ``fail_open`` forwards without a quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from .auth import Identity
+from .errors import RateLimited, ServiceUnavailable
+from .redis_keys import RedisKeys
+from .redis_store import RedisStore, RedisUnavailable
+from .settings import LimitSettings, LimitsSettings
+
+_UNLIMITED = -1
+_SLOT = 4
+_LIMIT_NAMES = {
+    "requests": "requests per minute (RPM)",
+    "tokens": "tokens per minute (TPM)",
+    "tokens_per_day": "tokens per day (TPD)",
+    "concurrency": "concurrent requests",
+}
+
+
+class Scope:
+    """One set of counters a request is checked against."""
+
+    __slots__ = ("description", "is_user", "keys", "limits", "name")
+
+    def __init__(
+        self, name: str, description: str, limits: LimitSettings, keys: tuple[str, ...]
+    ) -> None:
+        self.name, self.description, self.limits, self.keys = name, description, limits, keys
+        self.is_user = name == "user"
+
+    def argv(self) -> list[int]:
+        lim = self.limits
+        return [
+            _arg(lim.requests_per_minute),
+            _arg(lim.tokens_per_minute),
+            _arg(lim.tokens_per_day),
+            _arg(lim.concurrent_requests),
+            1 if self.is_user else 0,
+        ]
+
+
+class Admission:
+    """An admitted request's hold on its quotas, until it is settled."""
+
+    __slots__ = (
+        "day",
+        "headers",
+        "masks",
+        "member",
+        "needs",
+        "reserved",
+        "scopes",
+        "settled",
+        "user",
+    )
+
+    def __init__(
+        self, member: str, user: str, scopes: list[Scope], reserved: int, result: list[int]
+    ) -> None:
+        self.member, self.user, self.scopes, self.reserved = member, user, scopes, reserved
+        self.day = int(result[1])
+        count = len(scopes)
+        self.needs = [int(v) for v in result[2 : 2 + 2 * count : 2]]
+        self.masks = [int(v) for v in result[3 : 3 + 2 * count : 2]]
+        self.headers = _headers(*(int(v) for v in result[2 + 2 * count : 8 + 2 * count]))
+        self.settled = False
+
+
+class Limiter:
+    """Admission and settlement of requests against quotas kept in Redis."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        keys: RedisKeys,
+        settings: LimitsSettings,
+        fail_open: bool,
+        log: Any,
+    ) -> None:
+        self._store, self._keys, self._settings = store, keys, settings
+        self._fail_open = fail_open
+        self._log = log
+        self._admit = store.script("admit")
+        self._settle = store.script("settle")
+        self._renew = store.script("renew")
+        self._lease_ms = int(settings.concurrency_lease * 1000)
+        self._holding: dict[str, Admission] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self.policy_uses = 0
+        """Requests forwarded without a quota check because Redis was unreachable."""
+        self.unsettled = 0
+        """Settlements that could not be written (Redis unreachable): logged each."""
+
+    def scopes(self, identity: Identity, model: str) -> list[Scope]:
+        """Every scope that applies to `identity` calling `model`."""
+        tier = self._settings.tiers[identity.tier or self._settings.default_tier]
+        user = identity.user
+        found = [Scope("user", f"user {user}", tier, self._keys.scope(user, "user"))]
+        if identity.key_limits is not None and identity.key_id is not None:
+            found.append(
+                Scope(
+                    f"key:{identity.key_id}",
+                    f"API key {identity.key_id}",
+                    identity.key_limits,
+                    self._keys.scope(user, f"key:{identity.key_id}"),
+                )
+            )
+        per_model = tier.models.get(model)
+        if per_model is not None:
+            found.append(
+                Scope(
+                    f"model:{model}",
+                    f"model {model} for user {user}",
+                    per_model,
+                    self._keys.scope(user, f"model:{model}"),
+                )
+            )
+        return found
+
+    async def admit(self, identity: Identity, model: str, estimate: int) -> Admission | None:
+        """Reserve a place for one request, or raise 429; None when admitted by policy."""
+        scopes = self.scopes(identity, model)
+        member = os.urandom(12).hex()
+        keys = [self._keys.user_override(identity.user)]
+        argv: list[Any] = [member, estimate, "", self._lease_ms, len(scopes)]
+        for scope in scopes:
+            keys.extend(scope.keys)
+            argv.extend(scope.argv())
+        try:
+            result = await self._store.call(
+                lambda r: self._admit(keys=keys, args=argv, client=r), "admit"
+            )
+        except RedisUnavailable:
+            self._policy(identity)
+            return None
+        if int(result[0]) == 0:
+            raise _rejection(scopes[int(result[1]) - 1], result)
+        admission = Admission(member, identity.user, scopes, estimate, result)
+        if any(mask & _SLOT for mask in admission.masks):
+            self._holding[member] = admission
+        return admission
+
+    def settle(self, admission: Admission, tokens: int) -> None:
+        """Charge `tokens` for an admitted request and free its slot, in the background."""
+        if admission.settled:
+            return
+        admission.settled = True
+        task = asyncio.get_running_loop().create_task(self._write_settlement(admission, tokens))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        """Wait for the settlements still being written (shutdown)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def _write_settlement(self, admission: Admission, tokens: int) -> None:
+        keys = [self._keys.user_override(admission.user)]
+        argv: list[Any] = [admission.member, tokens, "", admission.day, len(admission.scopes)]
+        for scope, need, mask in zip(
+            admission.scopes, admission.needs, admission.masks, strict=True
+        ):
+            keys.extend(scope.keys)
+            argv.extend([need, mask])
+        for attempt in range(3):
+            try:
+                await self._store.call(
+                    lambda r: self._settle(keys=keys, args=argv, client=r), "settle"
+                )
+                break
+            except RedisUnavailable:
+                if attempt == 2:
+                    self.unsettled += 1
+                    self._log.error(
+                        "settle_failed",
+                        user=admission.user,
+                        tokens=tokens,
+                        reserved=admission.reserved,
+                        note="the reservation stands; the concurrency slot expires with its lease",
+                    )
+                    break
+                await asyncio.sleep(0.5 * (attempt + 1))
+        self._holding.pop(admission.member, None)
+
+    async def renew_leases(self) -> None:
+        """Extend the concurrency leases of the requests this replica is running; forever."""
+        interval = self._settings.concurrency_lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            holding = list(self._holding.values())
+            if not holding:
+                continue
+
+            async def renew(r: Any, batch: Iterable[Admission] = holding) -> None:
+                pipe = r.pipeline(transaction=False)
+                for admission in batch:
+                    conc = [
+                        s.keys[4]
+                        for s, mask in zip(admission.scopes, admission.masks, strict=True)
+                        if mask & _SLOT
+                    ]
+                    await self._renew(
+                        keys=conc, args=[admission.member, self._lease_ms, ""], client=pipe
+                    )
+                await pipe.execute()
+
+            # A failure is logged by the store; leases are long enough to survive a blip.
+            with contextlib.suppress(RedisUnavailable):
+                await self._store.call(renew, "renew")
+
+    def _policy(self, identity: Identity) -> None:
+        self.policy_uses += 1
+        policy = "fail_open" if self._fail_open else "fail_closed"
+        self._log.warning("ratelimit_policy_used", policy=policy, user=identity.user)
+        if self._fail_open:
+            return
+        raise ServiceUnavailable(
+            "The gateway cannot check quotas right now; retry shortly.",
+            code="quota_unavailable",
+            headers={"retry-after": "1"},
+        )
+
+
+def estimate_tokens(body: bytes, max_output_tokens: int | None, default_output: int) -> int:
+    """A generous estimate of a request's tokens: ~4 bytes per input token, plus its output."""
+    return len(body) // 4 + 1 + (max_output_tokens or default_output)
+
+
+def _rejection(scope: Scope, result: list[Any]) -> RateLimited:
+    limit = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
+    retry_ms = max(int(result[3]), 1)
+    value = int(result[4])
+    seconds = math.ceil(retry_ms / 1000)
+    headers = {"retry-after": str(seconds), "retry-after-ms": str(retry_ms)}
+    if limit in ("requests", "tokens"):
+        headers[f"x-ratelimit-limit-{limit}"] = str(value)
+        headers[f"x-ratelimit-remaining-{limit}"] = "0"
+        headers[f"x-ratelimit-reset-{limit}"] = duration(retry_ms)
+    daily = limit == "tokens_per_day"
+    return RateLimited(
+        f"Rate limit reached for {scope.description} on {_LIMIT_NAMES[limit]}: limit {value}. "
+        f"Please try again in {duration(retry_ms)}.",
+        type_="insufficient_quota" if daily else ("tokens" if limit == "tokens" else "requests"),
+        code="insufficient_quota" if daily else "rate_limit_exceeded",
+        headers=headers,
+    )
+
+
+def _headers(
+    lim_req: int, rem_req: int, reset_req: int, lim_tok: int, rem_tok: int, reset_tok: int
+) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    if lim_req >= 0:
+        out += [
+            (b"x-ratelimit-limit-requests", str(lim_req).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(rem_req, 0)).encode()),
+            (b"x-ratelimit-reset-requests", duration(reset_req).encode()),
+        ]
+    if lim_tok >= 0:
+        out += [
+            (b"x-ratelimit-limit-tokens", str(lim_tok).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(rem_tok, 0)).encode()),
+            (b"x-ratelimit-reset-tokens", duration(reset_tok).encode()),
+        ]
+    return out
+
+
+def duration(ms: int) -> str:
+    """A wait in OpenAI's header format: ``20ms``, ``1.5s``, ``6m0s``."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.3g}s"
+    minutes, rest = divmod(ms // 1000, 60)
+    return f"{minutes}m{rest}s"
+
+
+def _arg(value: int | None) -> int:
+    return _UNLIMITED if value is None else value

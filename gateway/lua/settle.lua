@@ -1,0 +1,73 @@
+-- Settle one admitted request: charge its real token usage and free its concurrency slot.
+--
+-- The reservation made at admission is replaced by the real amount in every scope while it
+-- is still in the 60 s window; once it has left (a long request), only what exceeds the
+-- reservation is charged, at the current time. The day counter gets the same correction: on
+-- the day of admission, or only the excess once a new day has begun.
+--
+-- KEYS[2 + 5(i-1)..] scope i: req zset, tok zset, amt hash, day hash, conc zset (KEYS[1],
+--                    the override hash, is unused: all the scripts take the same keys)
+-- ARGV[1] member     the admission's id
+-- ARGV[2] tokens     real usage (what to charge)
+-- ARGV[3] now_ms     "" = Redis TIME
+-- ARGV[4] day        the UTC day number of the admission
+-- ARGV[5] n          number of scopes
+-- ARGV[6 + 2(i-1)..] scope i: tokens reserved there, and what it holds (admit.lua's mask:
+--                    1 tokens per minute, 2 tokens per day, 4 a concurrency slot)
+
+local WINDOW = 60000
+local DAY = 86400000
+
+local now
+if ARGV[3] ~= "" then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local member = ARGV[1]
+local tokens = tonumber(ARGV[2])
+local admitted_day = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local today = math.floor(now / DAY)
+
+for i = 1, n do
+  local k = 2 + 5 * (i - 1)
+  local a = 6 + 2 * (i - 1)
+  local tok, amt, dayk, conc = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local reserved = tonumber(ARGV[a])
+  local extra = tokens - reserved
+  local mask = tonumber(ARGV[a + 1])
+  if mask % 2 == 1 then
+    local held = redis.call("HGET", amt, member)
+    if held then
+      redis.call("HSET", amt, member, tokens)
+      redis.call("HINCRBY", amt, "_sum", tokens - tonumber(held))
+    elseif extra > 0 then
+      redis.call("ZADD", tok, now, member)
+      redis.call("HSET", amt, member, extra)
+      redis.call("HINCRBY", amt, "_sum", extra)
+      redis.call("PEXPIRE", tok, WINDOW + 1000)
+      redis.call("PEXPIRE", amt, WINDOW + 1000)
+    end
+  end
+  if math.floor(mask / 2) % 2 == 1 then
+    local d = tonumber(redis.call("HGET", dayk, "day"))
+    if today == admitted_day then
+      if d == today and extra ~= 0 then
+        redis.call("HINCRBY", dayk, "used", extra)
+      end
+    elseif extra > 0 then
+      if d == today then
+        redis.call("HINCRBY", dayk, "used", extra)
+      else
+        redis.call("HSET", dayk, "day", today, "used", extra)
+      end
+      redis.call("PEXPIRE", dayk, 2 * DAY)
+    end
+  end
+  if mask >= 4 then
+    redis.call("ZREM", conc, member)
+  end
+end
+return 1

@@ -1,0 +1,59 @@
+"""The one place that names Redis keys.
+
+Every key starts with the configured prefix (default ``gw``) and carries a hash tag: all the keys
+one Lua script touches share it, so every script runs on Redis Cluster without CROSSSLOT errors.
+
+=====================================  =======  ===========================================
+key                                    type     holds
+=====================================  =======  ===========================================
+``gw:key:{<key id>}``                  hash     one API key's record (its hash, owner, ...)
+``gw:keys``                            set      every key id, for listing
+``gw:rl:{u:<user tag>}:override``      hash     admin overrides of a user's limits
+``gw:rl:{u:<user tag>}:<scope>:req``   zset     admitted requests in the last minute
+``gw:rl:{u:<user tag>}:<scope>:tok``   zset     token reservations in the last minute
+``gw:rl:{u:<user tag>}:<scope>:amt``   hash     their amounts, and their sum (``_sum``)
+``gw:rl:{u:<user tag>}:<scope>:day``   hash     tokens used on the current UTC day
+``gw:rl:{u:<user tag>}:<scope>:conc``  zset     concurrency slots, scored by lease expiry
+=====================================  =======  ===========================================
+
+The user tag is a digest of the user id: user ids come from identity providers and may hold
+``{``, ``}`` or ``:``, which must not reach a key name, let alone its hash tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+LIMITER_SUFFIXES = ("req", "tok", "amt", "day", "conc")
+"""The keys of one limiter scope, in the order the Lua scripts take them."""
+
+
+class RedisKeys:
+    """Builds every Redis key name the gateway uses."""
+
+    __slots__ = ("_prefix",)
+
+    def __init__(self, prefix: str = "gw") -> None:
+        self._prefix = prefix
+
+    def key_record(self, key_id: str) -> str:
+        """The record of API key `key_id`."""
+        return f"{self._prefix}:key:{{{key_id}}}"
+
+    def key_index(self) -> str:
+        """The set of every key id."""
+        return f"{self._prefix}:keys"
+
+    def user_tag(self, user: str) -> str:
+        """The hash tag shared by every limiter key of `user`."""
+        digest = hashlib.blake2b(user.encode(), digest_size=10).hexdigest()
+        return f"{{u:{digest}}}"
+
+    def user_override(self, user: str) -> str:
+        """Admin overrides of `user`'s limits."""
+        return f"{self._prefix}:rl:{self.user_tag(user)}:override"
+
+    def scope(self, user: str, scope: str) -> tuple[str, ...]:
+        """The keys of one limiter scope of `user`, in `LIMITER_SUFFIXES` order."""
+        base = f"{self._prefix}:rl:{self.user_tag(user)}:{scope}"
+        return tuple(f"{base}:{suffix}" for suffix in LIMITER_SUFFIXES)

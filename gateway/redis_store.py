@@ -1,0 +1,124 @@
+"""The connection to Redis, behind a timeout and a circuit breaker.
+
+Every Redis call of the request path goes through `RedisStore.call`: it never takes longer than
+`redis.timeout`, and after `breaker_failures` consecutive failures the breaker opens so that a
+dead Redis costs a request one comparison instead of a timeout. After `breaker_cooldown` one
+call (a request's or a readiness probe's) tries again; its success closes the breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .settings import RedisSettings
+
+T = TypeVar("T")
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer in time, refused, or the breaker is open."""
+
+
+class Breaker:
+    """Closed → (N failures) → open → (cooldown) → half-open: one probe → closed or open."""
+
+    __slots__ = ("_clock", "_cooldown", "_failures", "_open_until", "_probing", "_threshold")
+
+    def __init__(
+        self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._threshold, self._cooldown, self._clock = threshold, cooldown, clock
+        self._failures = 0
+        self._open_until: float | None = None
+        self._probing = False
+
+    @property
+    def closed(self) -> bool:
+        """True while Redis is believed healthy."""
+        return self._open_until is None
+
+    def allow(self) -> bool:
+        """May a call go to Redis now?"""
+        if self._open_until is None:
+            return True
+        if self._probing or self._clock() < self._open_until:
+            return False
+        self._probing = True  # half-open: this caller probes, the others fail fast
+        return True
+
+    def success(self) -> None:
+        self._failures, self._open_until, self._probing = 0, None, False
+
+    def failure(self) -> bool:
+        """Count a failure; True when it opened (or re-opened) the breaker."""
+        self._failures += 1
+        if self._probing or self._failures >= self._threshold:
+            self._probing = False
+            self._open_until = self._clock() + self._cooldown
+            return True
+        return False
+
+
+class RedisStore:
+    """The Redis client, its scripts and its health."""
+
+    def __init__(self, settings: RedisSettings, url: str, log: Any) -> None:
+        self._settings = settings
+        self._log = log
+        self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout,
+            max_connections=512,
+            decode_responses=False,
+        )
+        self.failures = 0
+        """Calls that failed or were refused by the open breaker, since start."""
+
+    def script(self, name: str) -> Any:
+        """The Lua script `gateway/lua/<name>.lua`, run by EVALSHA (loaded on first use)."""
+        source = resources.files("gateway").joinpath("lua", f"{name}.lua").read_text("utf-8")
+        return self.client.register_script(source)
+
+    async def call(self, operation: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
+        """Run `operation` with the client, within the timeout; `RedisUnavailable` if not."""
+        if not self.breaker.allow():
+            self.failures += 1
+            raise RedisUnavailable("the circuit breaker is open")
+        try:
+            async with asyncio.timeout(self._settings.timeout):
+                result = await operation(self.client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failures += 1
+            opened = self.breaker.failure()
+            self._log.warning(
+                "redis_error",
+                operation=what,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+                breaker="open" if opened or not self.breaker.closed else "closed",
+            )
+            raise RedisUnavailable(f"{what}: {type(exc).__name__}") from exc
+        if not self.breaker.closed:
+            self._log.info("redis_recovered", operation=what)
+        self.breaker.success()
+        return result
+
+    async def ping(self) -> bool:
+        """Probe Redis (readiness); True when it answered."""
+        try:
+            await self.call(lambda r: r.ping(), "ping")
+        except RedisUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,45 @@
+"""Calls to a test gateway's admin API, and configurations of gateways with keys and quotas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.conftest import ADMIN_KEY
+
+
+def admin_client(url: str) -> httpx.Client:
+    """A client of `url`'s admin API, with the admin credential."""
+    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+
+
+def create_key(url: str, secrets_seen: list[str], **fields: Any) -> tuple[str, str]:
+    """Issue a key through the admin API; returns (key id, key) and registers the key as a
+    secret no log may contain."""
+    with admin_client(url) as client:
+        response = client.post("/admin/keys", json=fields)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    secrets_seen.append(body["key"])
+    return body["id"], body["key"]
+
+
+def keyed_config(
+    redis_url: str, upstream_url: str, limits: dict[str, Any] | None = None, **auth: Any
+) -> dict[str, Any]:
+    """A gateway in front of the scripted upstream, with keys and quotas in `redis_url`."""
+    return {
+        "providers": {
+            "scripted": {"base_url": upstream_url + "/v1", "api_key": "${PROVIDER_KEY}"},
+            "nowhere": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k", "connect_timeout": 1},
+        },
+        "models": [
+            {"name": "scripted", "provider": "scripted"},
+            {"name": "other", "provider": "scripted"},
+            {"name": "nowhere", "provider": "nowhere"},
+        ],
+        "redis": {"url": redis_url},
+        "auth": {"admin_key": "${ADMIN_KEY}", **auth},
+        "limits": limits or {"tiers": {"default": {}}},
+    }

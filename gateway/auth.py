@@ -85,6 +85,7 @@ class Authenticator:
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._sso = JwtVerifier(settings.sso) if settings.sso is not None else None
         self._touching: set[asyncio.Task[None]] = set()
+        self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
         self.policy_uses = 0
         """Requests authenticated from a stale cache entry because Redis was unreachable."""
 
@@ -128,7 +129,7 @@ class Authenticator:
             return cached.identity
         assert self._keystore is not None
         try:
-            record = await self._keystore.get(key_id)
+            record = await self._lookup(key_id)
         except RedisUnavailable:
             if self._fail_open and cached is not None and now < cached.stale_until:
                 self.policy_uses += 1
@@ -144,6 +145,16 @@ class Authenticator:
         if identity is not None:
             self._touch(key_id)
         return identity
+
+    async def _lookup(self, key_id: str) -> KeyRecord | None:
+        """One Redis read per key at a time: a burst on a cold key shares the first lookup."""
+        pending = self._lookups.get(key_id)
+        if pending is None:
+            assert self._keystore is not None
+            pending = asyncio.ensure_future(self._keystore.get(key_id))
+            self._lookups[key_id] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(key_id, None))
+        return await asyncio.shield(pending)
 
     async def _sso_token(self, token: str) -> Identity | None:
         assert self._sso is not None

@@ -73,20 +73,42 @@ class RedisStore:
         self._settings = settings
         self._log = log
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # A bounded pool that makes callers wait for a free connection: a burst then reuses a
+        # few warm connections instead of opening hundreds at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=settings.max_connections,
+            timeout=None,  # the wait is bounded by `call`'s own timeout
             socket_timeout=settings.timeout,
             socket_connect_timeout=settings.timeout,
-            max_connections=512,
             decode_responses=False,
         )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._scripts: list[Any] = []
         self.failures = 0
         """Calls that failed or were refused by the open breaker, since start."""
 
     def script(self, name: str) -> Any:
         """The Lua script `gateway/lua/<name>.lua`, run by EVALSHA (loaded on first use)."""
         source = resources.files("gateway").joinpath("lua", f"{name}.lua").read_text("utf-8")
-        return self.client.register_script(source)
+        script = self.client.register_script(source)
+        self._scripts.append(script)
+        return script
+
+    async def warm(self) -> bool:
+        """Load the scripts and open a few connections before traffic comes; False if Redis
+        is unreachable (the gateway still starts: the failure policy applies)."""
+
+        async def load(r: aioredis.Redis) -> None:
+            for script in self._scripts:
+                await r.script_load(script.script)
+
+        try:
+            await self.call(load, "script_load")
+            await asyncio.gather(*(self.call(lambda r: r.ping(), "ping") for _ in range(8)))
+        except RedisUnavailable:
+            return False
+        return True
 
     async def call(self, operation: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
         """Run `operation` with the client, within the timeout; `RedisUnavailable` if not."""

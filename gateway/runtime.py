@@ -96,7 +96,7 @@ class Runtime:
             self.store, self.redis_keys, self.settings.limits, self.fail_open, self.log
         )
         self._renewing = asyncio.get_running_loop().create_task(self.limiter.renew_leases())
-        if not await self.store.ping():
+        if not await self.store.warm():
             self.log.warning("redis_unreachable_at_start", policy=self.settings.redis.on_failure)
 
     async def _close(self) -> None:

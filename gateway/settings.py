@@ -107,13 +107,15 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS; ``embedded`` starts a
     private ``redis-server`` beside the gateway (demo and development only: nothing is shared
     and nothing outlives the process)."""
-    timeout: PositiveFloat = 0.25
+    timeout: PositiveFloat = 0.5
     """Seconds any one Redis command may take before it counts as failed."""
     on_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
     """When Redis is unreachable: ``fail_closed`` answers 503 to every request that needs it;
     ``fail_open`` serves requests without enforcing quotas (keys already seen in the last
     minute still authenticate)."""
-    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 64
+    """Connections per process; requests beyond wait for one (within `timeout`)."""
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
     """Consecutive failures that open the breaker: Redis is then not called at all..."""
     breaker_cooldown: PositiveFloat = 1.0
     """...for this many seconds, after which one request probes it again."""

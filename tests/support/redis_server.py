@@ -16,7 +16,8 @@ from tests.support.procs import free_port
 class RedisServer:
     """One redis-server process; `stop` and `start` keep its port, as a restarted Redis would."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, persistent: bool = False) -> None:
+        """`persistent`: an append-only file synced on every write, so data survives a kill."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: `make test` installs it")
@@ -25,6 +26,7 @@ class RedisServer:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.persistent = persistent
 
     def start(self) -> RedisServer:
         argv = [
@@ -32,7 +34,9 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
+            "--enable-debug-command", "local",  # DEBUG SLEEP freezes it in tests
             "--dir", str(self.folder),
             "--logfile", str(self.folder / "redis.log"),
         ]  # fmt: skip

@@ -4,13 +4,18 @@
 
 Starts the product's upstream (`gateway.mock`, no delays) twice, static (each answer replayed
 from memory in one write) and live (every event rendered and written on its own, as a real
-provider streams), and one gateway worker in front of both; the gateway is pinned to core 0 and
-everything else to core 1 when `taskset` exists. Then for each case:
-- throughput: `wrk` (16 connections) against the upstream directly and through the gateway,
-  alternating, `--rounds` times; the medians and their ratio are printed;
+provider streams), a redis-server, and two gateways (one worker each) in front of both: `open`
+(authentication off) and `keyed` (an issued API key checked on every request and every quota
+enforced: requests, tokens per minute and per day, concurrency, with limits too high to
+reject). Gateways are pinned to core 0 and everything else to core 1 when `taskset` exists.
+Then for each case:
+- throughput: `wrk` (16 connections) against the upstream directly and through each gateway,
+  alternating, `--rounds` times; the medians and their ratio to direct are printed;
 - added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
-  through the gateway, alternating, `--rounds` times; the median of the per-round differences
+  through each gateway, alternating, `--rounds` times; the median of the per-round differences
   is what the gateway adds.
+Last, Redis's own command counters are read around 2,000 requests through the keyed gateway:
+the Redis commands each request costs.
 Figures vary with the machine's load: quote medians and ratios, and rerun before comparing.
 """
 
@@ -29,8 +34,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import redis
 
 from tests.support.procs import ServerProcess, free_port, python_module
+from tests.support.redis_server import RedisServer
 
 QUESTION = "Write one short sentence about benchmarks."
 CASES = (
@@ -50,13 +57,14 @@ def _pin(cores: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cores, *argv] if shutil.which("taskset") else argv
 
 
-def _wrk(url: str, body: str, duration: int, connections: int) -> float:
+def _wrk(url: str, body: str, duration: int, connections: int, key: str | None) -> float:
     script = Path(tempfile.mkdtemp()) / "post.lua"
     escaped = body.replace("\\", "\\\\").replace('"', '\\"')
     script.write_text(
         'wrk.method = "POST"\n'
         f'wrk.body = "{escaped}"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
+        + (f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else "")
     )
     argv = _pin("1", ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url])
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -69,10 +77,14 @@ def _wrk(url: str, body: str, duration: int, connections: int) -> float:
     return float(match.group(1))
 
 
-async def _latencies(url: str, body: str, rate: float, seconds: float) -> list[float]:
+async def _latencies(
+    url: str, body: str, rate: float, seconds: float, key: str | None
+) -> list[float]:
     """Send `rate` requests/s for `seconds`; each request's latency in ms (body fully read)."""
     results: list[float] = []
     headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
 
         async def one() -> None:
@@ -107,6 +119,61 @@ def _mock(port: int, model: str, *extra: str) -> ServerProcess:
     return ServerProcess(_pin("1", argv), port)
 
 
+KEYED_LIMITS = (
+    "limits:\n"
+    "  tiers:\n"
+    "    default: {requests_per_minute: 100000000, tokens_per_minute: 1000000000000,\n"
+    "              tokens_per_day: 1000000000000000, concurrent_requests: 100000}\n"
+)
+
+
+async def _issue_key(url: str) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/admin/keys",
+            json={"user": "bench"},
+            headers={"authorization": "Bearer bench-admin-key"},
+        ) as response,
+    ):
+        body = await response.json()
+        if response.status != 201:
+            raise RuntimeError(f"cannot issue a key: {body}")
+        return str(body["key"])
+
+
+async def _count(url: str, body: str, key: str, requests: int) -> None:
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+
+        await asyncio.gather(*(worker(requests // 16) for _ in range(16)))
+
+
+def _redis_commands(client: redis.Redis) -> dict[str, int]:
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def _round_trips(gateway: ServerProcess, body: str, key: str, client: redis.Redis) -> str:
+    """Redis commands per request through the keyed gateway, by command."""
+    requests = 2000
+    before = _redis_commands(client)
+    asyncio.run(_count(f"{gateway.url}/v1/responses", body, key, requests))
+    time.sleep(1)  # settlements are written just after each answer
+    after = _redis_commands(client)
+    per = {
+        name: (after[name] - before.get(name, 0)) / requests
+        for name in after
+        if after[name] - before.get(name, 0) > 0 and name != "info"
+    }
+    return ", ".join(f"{name} {value:.3f}" for name, value in sorted(per.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
@@ -120,11 +187,13 @@ def main() -> None:
         os.sched_setaffinity(0, {1})  # the latency client too stays off the gateway's core
 
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    static_port, live_port, gw_port = free_port(), free_port(), free_port()
+    static_port, live_port = free_port(), free_port()
     static = _mock(static_port, "bench-static", "--static")
     live = _mock(live_port, "bench-live")
-    config = work / "gateway.yaml"
-    config.write_text(
+    store = RedisServer(work).start()
+    if store.proc is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(store.proc.pid, {1})
+    common = (
         "providers:\n"
         f"  static: {{base_url: 'http://127.0.0.1:{static_port}/v1', api_key: bench-key}}\n"
         f"  live: {{base_url: 'http://127.0.0.1:{live_port}/v1', api_key: bench-key}}\n"
@@ -132,14 +201,28 @@ def main() -> None:
         "  - {name: bench-static, provider: static}\n"
         "  - {name: bench-live, provider: live}\n"
     )
-    argv = python_module("gateway", "serve", "--config", str(config), "--port", str(gw_port))
-    gateway = ServerProcess(_pin("0", argv), gw_port, ready_path="/readyz")
+    configs = {
+        "open": common + "auth: {enabled: false}\n",
+        "keyed": common
+        + f"redis: {{url: '{store.url}'}}\nauth: {{admin_key: bench-admin-key}}\n"
+        + KEYED_LIMITS,
+    }
+    gateways: dict[str, ServerProcess] = {}
+    for name, text in configs.items():
+        path = work / f"{name}.yaml"
+        path.write_text(text)
+        port = free_port()
+        argv = python_module("gateway", "serve", "--config", str(path), "--port", str(port))
+        gateways[name] = ServerProcess(_pin("0", argv), port, ready_path="/readyz")
     rows = []
     with (
         static.start(work / "static.log"),
         live.start(work / "live.log"),
-        gateway.start(work / "gateway.log"),
+        gateways["open"].start(work / "open.log"),
+        gateways["keyed"].start(work / "keyed.log"),
     ):
+        key = asyncio.run(_issue_key(gateways["keyed"].url))
+        targets = {"direct": None, "open": None, "keyed": key}
         print(
             f"wrk: {args.connections} connections, {args.duration}s x {args.rounds} rounds; "
             f"latency at {args.rate:.0f} requests/s, 5 s x {args.rounds}; logs in {work}\n",
@@ -147,36 +230,49 @@ def main() -> None:
         )
         for label, model, stream in CASES:
             upstream = static if model == "bench-static" else live
-            direct = f"{upstream.url}/v1/responses"
-            proxied = f"{gateway.url}/v1/responses"
+            urls = {
+                "direct": f"{upstream.url}/v1/responses",
+                "open": f"{gateways['open'].url}/v1/responses",
+                "keyed": f"{gateways['keyed'].url}/v1/responses",
+            }
             body = _body(model, stream)
-            d_rps, g_rps = [], []
+            rps: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(args.rounds):
-                d_rps.append(_wrk(direct, body, args.duration, args.connections))
-                g_rps.append(_wrk(proxied, body, args.duration, args.connections))
+                for name, secret in targets.items():
+                    rps[name].append(
+                        _wrk(urls[name], body, args.duration, args.connections, secret)
+                    )
             time.sleep(2)  # let the last wrk run's abandoned connections drain first
-            d_lat, g_lat = [], []
+            lat: dict[str, list[list[float]]] = {name: [] for name in targets}
             for _ in range(args.rounds):  # alternating, like the throughput runs
-                d_lat.append(asyncio.run(_latencies(direct, body, args.rate, 5)))
-                g_lat.append(asyncio.run(_latencies(proxied, body, args.rate, 5)))
-            rows.append((label, d_rps, g_rps, d_lat, g_lat))
+                for name, secret in targets.items():
+                    lat[name].append(
+                        asyncio.run(_latencies(urls[name], body, args.rate, 5, secret))
+                    )
+            rows.append((label, rps, lat))
             print(f"  {label}: done", flush=True)
+        trips = _round_trips(gateways["keyed"], _body("bench-static", False), key, store.client())
+    store.stop()
 
     print(
-        f"{'':27}{'direct req/s':>14}{'gateway req/s':>15}{'ratio':>8}"
+        f"{'':27}{'target':>8}{'req/s':>10}{'vs direct':>11}"
         f"{'added p50 ms':>14}{'added p99 ms':>14}"
     )
-    for label, d_rps, g_rps, d_lat, g_lat in rows:
-        d, g = statistics.median(d_rps), statistics.median(g_rps)
-        pairs = list(zip(d_lat, g_lat, strict=True))
-        # per round: gateway percentile minus direct percentile; the median of the rounds
-        p50 = statistics.median(_pct(gl, 0.5) - _pct(dl, 0.5) for dl, gl in pairs)
-        p99 = statistics.median(_pct(gl, 0.99) - _pct(dl, 0.99) for dl, gl in pairs)
-        print(f"{label:27}{d:14.0f}{g:15.0f}{g / d:8.2f}{p50:14.3f}{p99:14.3f}")
-        runs = f"direct {[round(x) for x in d_rps]}, gateway {[round(x) for x in g_rps]}"
-        p50s = [f"{_pct(dl, 0.5):.2f}/{_pct(gl, 0.5):.2f}" for dl, gl in pairs]
-        print(f"{'':27}  req/s runs: {runs}")
-        print(f"{'':27}  p50 ms per round (direct/gateway): {', '.join(p50s)}")
+    for label, rps, lat in rows:
+        direct_rps = statistics.median(rps["direct"])
+        for name in targets:
+            med = statistics.median(rps[name])
+            pairs = list(zip(lat["direct"], lat[name], strict=True))
+            # per round: this target's percentile minus direct's; the median of the rounds
+            p50 = statistics.median(_pct(gl, 0.5) - _pct(dl, 0.5) for dl, gl in pairs)
+            p99 = statistics.median(_pct(gl, 0.99) - _pct(dl, 0.99) for dl, gl in pairs)
+            added = "" if name == "direct" else f"{p50:14.3f}{p99:14.3f}"
+            print(
+                f"{label if name == 'direct' else '':27}{name:>8}{med:10.0f}"
+                f"{med / direct_rps:11.2f}{added}"
+            )
+            print(f"{'':35}  runs: {[round(x) for x in rps[name]]}")
+    print(f"\nRedis commands per request (keyed, non-streaming): {trips}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,16 @@ def log_lines(server: ServerProcess) -> list[dict[str, Any]]:
     """The JSON lines a gateway process wrote to stdout."""
     complete = server.output().split("\n")[:-1]  # the last piece may still be being written
     return [json.loads(line) for line in complete if line.startswith("{")]
+
+
+def request_line(server: ServerProcess, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    """The first canonical request line with these `fields`; it is written just after the
+    answer, so wait for it a little."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in log_lines(server):
+            if line.get("event") == "request" and all(line.get(k) == v for k, v in fields.items()):
+                return line
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no request line with {fields} in {server.log_path}")
+        time.sleep(0.02)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, GatewayFactory, log_lines
+from tests.conftest import ADMIN_KEY, GatewayFactory, request_line
 from tests.support.admin import admin_client, create_key, keyed_config
 from tests.support.procs import ServerProcess, python_module
 from tests.support.redis_server import RedisServer
@@ -110,8 +110,7 @@ def test_configured_key_by_hash_and_its_models(replicas: list[ServerProcess]) ->
         _post(url, BOOT_KEY, {"model": "other", "input": "hi"}), 403, "model_not_allowed"
     )
     assert error["param"] == "model"
-    line = next(line for line in log_lines(replicas[0]) if line.get("user") == "boot-user")
-    assert line["key_id"] == "boot"
+    assert request_line(replicas[0], user="boot-user")["key_id"] == "boot"
 
 
 def test_issued_key_limited_to_models(

@@ -68,6 +68,38 @@ BAD: dict[str, tuple[str, list[str]]] = {
         GOOD.replace("api_key: ${OPENAI_API_KEY}", 'headers: {X-Team: "a\\r\\nHost: evil"}'),
         ["providers.openai.headers.X-Team", "one line"],
     ),
+    "redis_policy": (
+        GOOD + "redis: {on_failure: ignore}\n",
+        ["redis.on_failure", "fail_closed", "fail_open"],
+    ),
+    "redis_url": (
+        GOOD + "redis: {url: 'http://user:hunter2@cache:6379'}\n",
+        ["redis.url", "redis://", "//***@cache"],
+    ),
+    "unknown_default_tier": (
+        GOOD + "limits: {default_tier: gold, tiers: {silver: {}}}\n",
+        ["limits.default_tier", "silver", "gold"],
+    ),
+    "key_unknown_tier": (
+        GOOD + "auth: {keys: [{id: ci, hash: '" + "a" * 64 + "', user: ci, tier: gold}]}\n",
+        ["auth.keys[0].tier", "gold"],
+    ),
+    "key_bad_hash": (
+        GOOD + "auth: {keys: [{id: ci, hash: not-hex, user: ci}]}\n",
+        ["auth.keys[0].hash", "matching regex"],
+    ),
+    "key_cache_too_long": (
+        GOOD + "auth: {key_cache_seconds: 5}\n",
+        ["auth.key_cache_seconds", "<= 1"],
+    ),
+    "negative_limit": (
+        GOOD + "limits: {tiers: {default: {requests_per_minute: -1}}}\n",
+        ["limits.tiers", "requests_per_minute", ">= 0"],
+    ),
+    "sso_missing_audience": (
+        GOOD + "auth: {sso: {issuer: i, jwks_url: 'https://x/jwks'}}\n",
+        ["auth.sso", "missing required field `audience`"],
+    ),
 }
 
 
@@ -109,7 +141,8 @@ def test_variables_expand(tmp_path: Path) -> None:
 
 def test_repository_config_loads() -> None:
     """config/gateway.yaml, the documented example, is valid."""
-    settings = load_settings(ROOT / "config" / "gateway.yaml", environ={"OPENAI_API_KEY": "k"})
+    env = {"OPENAI_API_KEY": "k", "GATEWAY_ADMIN_KEY": "a"}
+    settings = load_settings(ROOT / "config" / "gateway.yaml", environ=env)
     assert settings.providers["openai"].drop_fields == ("stop", "stream_options")
     assert [m.name for m in settings.models] == ["gpt-4.1-mini", "gpt-4.1", "mock-gpt"]
 

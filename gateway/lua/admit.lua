@@ -43,20 +43,24 @@ for j = 1, 4 do
   override[j] = fields[j] and tonumber(fields[j]) or nil
 end
 
--- Drop token reservations that left the window, keeping their sum right.
+-- Drop token reservations that left the window, keeping their sum right. In slices: Lua's
+-- unpack() refuses a few thousand arguments, and a busy minute leaves many more.
+local SLICE = 500
 local function evict_tokens(tok, amt)
-  local gone = redis.call("ZRANGEBYSCORE", tok, "-inf", "(" .. since)
-  if #gone == 0 then
-    return
+  while true do
+    local gone = redis.call("ZRANGEBYSCORE", tok, "-inf", "(" .. since, "LIMIT", 0, SLICE)
+    if #gone == 0 then
+      return
+    end
+    local amounts = redis.call("HMGET", amt, unpack(gone))
+    local freed = 0
+    for j = 1, #gone do
+      freed = freed + (tonumber(amounts[j]) or 0)
+    end
+    redis.call("HDEL", amt, unpack(gone))
+    redis.call("HINCRBY", amt, "_sum", -freed)
+    redis.call("ZREM", tok, unpack(gone))
   end
-  local amounts = redis.call("HMGET", amt, unpack(gone))
-  local freed = 0
-  for j = 1, #gone do
-    freed = freed + (tonumber(amounts[j]) or 0)
-  end
-  redis.call("HDEL", amt, unpack(gone))
-  redis.call("HINCRBY", amt, "_sum", -freed)
-  redis.call("ZREMRANGEBYSCORE", tok, "-inf", "(" .. since)
 end
 
 -- Milliseconds until enough reserved tokens leave the window for `need` more to fit.

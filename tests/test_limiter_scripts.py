@@ -1,0 +1,33 @@
+"""Regressions of the limiter's Lua scripts at volumes the property tests do not reach."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from gateway.redis_keys import RedisKeys
+from tests.support.redis_server import RedisServer
+
+LUA = Path(__file__).resolve().parents[1] / "gateway" / "lua"
+T0 = 1_800_000_000_000
+
+
+def test_a_busy_minute_leaves_the_window_in_one_admission(redis_server: RedisServer) -> None:
+    """20,000 reservations expire at once: Lua's unpack() limit once made this an error."""
+    client = redis.Redis(port=redis_server.port)
+    admit = client.register_script((LUA / "admit.lua").read_text())
+    keys = [RedisKeys().user_override("busy"), *RedisKeys().scope("busy", "user")]
+    limits = [-1, 10**9, -1, -1, 1]  # tokens per minute only
+    pipe = client.pipeline(transaction=False)
+    for i in range(20_000):
+        admit(keys=keys, args=[f"m{i}", 10, str(T0), 60_000, 1, *limits], client=pipe)
+    pipe.execute()
+    _, tok, amt, _, _ = keys[1:]
+    assert int(client.hget(amt, "_sum") or 0) == 200_000
+    result = admit(keys=keys, args=["late", 10, str(T0 + 60_001), 60_000, 1, *limits])
+    assert result[0] == 1
+    assert int(client.hget(amt, "_sum") or 0) == 10
+    assert client.zcard(tok) == 1
+    assert client.pttl(tok) > 0
+    assert client.pttl(amt) > 0

@@ -26,6 +26,7 @@ from .auth import Identity
 from .errors import RateLimited, ServiceUnavailable
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore, RedisUnavailable
+from .script_batch import ScriptBatcher
 from .settings import LimitSettings, LimitsSettings
 
 _UNLIMITED = -1
@@ -104,6 +105,7 @@ class Limiter:
         self._admit = store.script("admit")
         self._settle = store.script("settle")
         self._renew = store.script("renew")
+        self._batch = ScriptBatcher(store, "limits", log)
         self._lease_ms = int(settings.concurrency_lease * 1000)
         self._holding: dict[str, Admission] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -147,10 +149,14 @@ class Limiter:
         for scope in scopes:
             keys.extend(scope.keys)
             argv.extend(scope.argv())
+
+        def orphaned(result: list[Any]) -> None:
+            """Admitted after its caller left (cancelled): give the reservation back."""
+            if int(result[0]) == 1:
+                self.settle(Admission(member, identity.user, scopes, estimate, result), 0)
+
         try:
-            result = await self._store.call(
-                lambda r: self._admit(keys=keys, args=argv, client=r), "admit"
-            )
+            result = await self._batch.run(self._admit, keys, argv, orphaned)
         except RedisUnavailable:
             self._policy(identity)
             return None
@@ -174,6 +180,7 @@ class Limiter:
         """Wait for the settlements still being written (shutdown)."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._batch.drain()
 
     async def _write_settlement(self, admission: Admission, tokens: int) -> None:
         keys = [self._keys.user_override(admission.user)]
@@ -185,9 +192,7 @@ class Limiter:
             argv.extend([need, mask])
         for attempt in range(3):
             try:
-                await self._store.call(
-                    lambda r: self._settle(keys=keys, args=argv, client=r), "settle"
-                )
+                await self._batch.run(self._settle, keys, argv)
                 break
             except RedisUnavailable:
                 if attempt == 2:

@@ -22,6 +22,8 @@
 
 local WINDOW = 60000
 local DAY = 86400000
+-- An entry admitted at t counts while t >= now - WINDOW: it stops counting at t + WINDOW + 1,
+-- which is what retry and reset figures say ("+ WINDOW + 1 - now").
 
 local now
 if ARGV[3] ~= "" then
@@ -58,7 +60,9 @@ local function evict_tokens(tok, amt)
       freed = freed + (tonumber(amounts[j]) or 0)
     end
     redis.call("HDEL", amt, unpack(gone))
-    redis.call("HINCRBY", amt, "_sum", -freed)
+    if freed ~= 0 then  -- Lua writes -0 as "-0", which HINCRBY refuses
+      redis.call("HINCRBY", amt, "_sum", -freed)
+    end
     redis.call("ZREM", tok, unpack(gone))
   end
 end
@@ -71,7 +75,7 @@ local function tokens_retry(tok, amt, sum, need, limit)
   for j = 1, #entries, 2 do
     freed = freed + (tonumber(redis.call("HGET", amt, entries[j])) or 0)
     if freed >= excess then
-      return tonumber(entries[j + 1]) + WINDOW - now
+      return tonumber(entries[j + 1]) + WINDOW + 1 - now
     end
   end
   return WINDOW
@@ -109,7 +113,7 @@ for i = 1, n do
       local retry = WINDOW
       if s.rpm > 0 then
         local e = redis.call("ZRANGE", s.req, count - s.rpm, count - s.rpm, "WITHSCORES")
-        retry = tonumber(e[2]) + WINDOW - now
+        retry = tonumber(e[2]) + WINDOW + 1 - now
       end
       return {0, i, "requests", retry, s.rpm}
     end
@@ -153,7 +157,7 @@ for i = 1, n do
     local remaining = s.rpm - s.req_count - 1
     if best_req == nil or remaining < best_req[2] then
       local oldest = redis.call("ZRANGE", s.req, 0, 0, "WITHSCORES")
-      best_req = {s.rpm, remaining, tonumber(oldest[2]) + WINDOW - now}
+      best_req = {s.rpm, remaining, tonumber(oldest[2]) + WINDOW + 1 - now}
     end
   end
   if s.tpm >= 0 then
@@ -165,7 +169,7 @@ for i = 1, n do
     local remaining = s.tpm - s.tok_sum - s.need
     if best_tok == nil or remaining < best_tok[2] then
       local oldest = redis.call("ZRANGE", s.tok, 0, 0, "WITHSCORES")
-      best_tok = {s.tpm, remaining, tonumber(oldest[2]) + WINDOW - now}
+      best_tok = {s.tpm, remaining, tonumber(oldest[2]) + WINDOW + 1 - now}
     end
   end
   if s.tpd >= 0 then

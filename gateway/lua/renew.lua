@@ -15,7 +15,11 @@ else
 end
 local lease = tonumber(ARGV[2])
 for i = 1, #KEYS do
-  redis.call("ZADD", KEYS[i], "XX", now + lease, ARGV[1])
-  redis.call("PEXPIRE", KEYS[i], 2 * lease)
+  local expires = redis.call("ZSCORE", KEYS[i], ARGV[1])
+  -- an expired lease stays expired, whether or not an admission has swept it yet
+  if expires and tonumber(expires) > now then
+    redis.call("ZADD", KEYS[i], "XX", now + lease, ARGV[1])
+    redis.call("PEXPIRE", KEYS[i], 2 * lease)
+  end
 end
 return 1

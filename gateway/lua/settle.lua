@@ -40,6 +40,16 @@ for i = 1, n do
   local mask = tonumber(ARGV[a + 1])
   if mask % 2 == 1 then
     local held = redis.call("HGET", amt, member)
+    local at = redis.call("ZSCORE", tok, member)
+    if held and (not at or tonumber(at) < now - WINDOW) then
+      -- out of the window but not yet evicted: evict it now, as admit.lua would have
+      redis.call("ZREM", tok, member)
+      redis.call("HDEL", amt, member)
+      if tonumber(held) ~= 0 then
+        redis.call("HINCRBY", amt, "_sum", -tonumber(held))
+      end
+      held = nil
+    end
     if held then
       redis.call("HSET", amt, member, tokens)
       redis.call("HINCRBY", amt, "_sum", tokens - tonumber(held))

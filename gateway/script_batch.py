@@ -1,0 +1,110 @@
+"""Script calls made in the same turn of the event loop, sent to Redis as one pipeline.
+
+Under load many requests are admitted (and settled) at once; each EVALSHA on its own costs a
+pooled connection, a write and a read. Queued here and flushed at the end of the loop's current
+turn, they share one round trip: no request waits longer than it would have for its own call,
+and under load the client-side cost per call is about halved (see README, Performance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from .redis_store import RedisStore, RedisUnavailable
+
+Orphan = Callable[[Any], None]
+"""Called with the result of a call whose caller stopped waiting (e.g. its client left)."""
+
+
+class _Call:
+    __slots__ = ("args", "future", "keys", "on_orphan", "script")
+
+    def __init__(
+        self,
+        script: Any,
+        keys: list[str],
+        args: list[Any],
+        future: asyncio.Future[Any],
+        on_orphan: Orphan | None,
+    ) -> None:
+        self.script, self.keys, self.args = script, keys, args
+        self.future, self.on_orphan = future, on_orphan
+
+
+class ScriptBatcher:
+    """Queues EVALSHA calls and sends each turn's calls in one pipeline."""
+
+    def __init__(self, store: RedisStore, what: str, log: Any) -> None:
+        self._store, self._what, self._log = store, what, log
+        self._queue: list[_Call] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def run(
+        self, script: Any, keys: list[str], args: list[Any], on_orphan: Orphan | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue one call; the future gets its result or `RedisUnavailable`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Call(script, keys, args, future, on_orphan))
+        if len(self._queue) == 1:
+            loop.call_soon(self._flush)
+        return future
+
+    async def drain(self) -> None:
+        """Wait until every queued call was sent (shutdown)."""
+        while self._queue or self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+            await asyncio.sleep(0)
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            results = await self._pipeline(batch)
+            missing = [
+                c for c, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)
+            ]
+            if missing:  # Redis restarted or was flushed: load the scripts, send those again
+                await self._store.call(self._load(missing), "script_load")
+                again = iter(await self._pipeline(missing))
+                results = [next(again) if isinstance(r, NoScriptError) else r for r in results]
+        except RedisUnavailable as exc:
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(RedisUnavailable(str(exc)))
+            return
+        for call, result in zip(batch, results, strict=True):
+            if isinstance(result, ResponseError):  # a script error: Redis itself is fine
+                self._log.error("redis_script_error", operation=self._what, detail=str(result))
+                result = RedisUnavailable(f"{self._what}: {result}")
+                if not call.future.done():
+                    call.future.set_exception(result)
+            elif not call.future.done():
+                call.future.set_result(result)
+            elif call.on_orphan is not None:
+                call.on_orphan(result)
+
+    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+        async def send(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for call in batch:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            return list(await pipe.execute(raise_on_error=False))
+
+        return await self._store.call(send, self._what)
+
+    @staticmethod
+    def _load(batch: list[_Call]) -> Callable[[Any], Any]:
+        async def load(r: Any) -> None:
+            for script in {id(c.script): c.script for c in batch}.values():
+                await r.script_load(script.script)
+
+        return load

@@ -15,7 +15,7 @@ T0 = 1_800_000_000_000
 
 def test_a_busy_minute_leaves_the_window_in_one_admission(redis_server: RedisServer) -> None:
     """20,000 reservations expire at once: Lua's unpack() limit once made this an error."""
-    client = redis.Redis(port=redis_server.port)
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
     admit = client.register_script((LUA / "admit.lua").read_text())
     keys = [RedisKeys().user_override("busy"), *RedisKeys().scope("busy", "user")]
     limits = [-1, 10**9, -1, -1, 1]  # tokens per minute only

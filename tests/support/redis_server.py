@@ -53,7 +53,10 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client (decoded strings) for checks."""
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+        # an address, not "localhost": a bare machine may have no /etc/hosts
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=5
+        )
 
     def stop(self) -> None:
         """Kill it (SIGKILL: like a crash, nothing is flushed)."""

@@ -292,3 +292,15 @@ def test_cli_without_admin_key_says_so(replicas: list[ServerProcess]) -> None:
     )
     assert done.returncode == 2
     assert "GATEWAY_ADMIN_KEY" in done.stderr
+
+
+def test_cli_sets_and_shows_a_users_limits(replicas: list[ServerProcess]) -> None:
+    url = replicas[0].url
+    changed = _cli(url, "limits", "cli-limited", "--rpm", "9", "--concurrency", "2")
+    assert changed.returncode == 0, changed.stderr
+    shown = _cli(url, "limits", "cli-limited")
+    assert shown.returncode == 0, shown.stderr
+    overrides = json.loads(shown.stdout)["overrides"]
+    assert overrides["requests_per_minute"] == 9
+    assert overrides["concurrent_requests"] == 2
+    assert overrides["tokens_per_minute"] is None

@@ -158,3 +158,13 @@ def request_line(server: ServerProcess, timeout: float = 5.0, **fields: Any) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"no request line with {fields} in {server.log_path}")
         time.sleep(0.02)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for `check` to hold: settlements and log lines are written just after the answer,
+    and recoveries take a breaker cooldown."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout} s")
+        time.sleep(0.02)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,7 +20,7 @@ import httpx
 import pytest
 
 from gateway.redis_keys import RedisKeys
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, eventually
 from tests.streams import edge_case_streams
 from tests.support.admin import admin_client, create_key
 from tests.support.procs import ServerProcess
@@ -145,15 +143,6 @@ def _post(url: str, key: str, body: dict[str, Any] | None = None, **headers: str
     )
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Settlements are written just after the answer: wait for `check` to hold."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
 async def _burst(
     urls: list[str],
     count: int,
@@ -221,7 +210,7 @@ def test_token_burst_never_overbooks_and_settles_to_real_usage(
     assert max(seen) <= 1000  # reservations never exceeded the limit
     assert all(b["error"]["type"] == "tokens" for b in rejected)
     real = sum(b["usage"]["total_tokens"] for b in admitted)
-    _eventually(lambda: counters.tokens() == real)
+    eventually(lambda: counters.tokens() == real)
 
     # a request that cannot fit changes nothing
     before = counters.snapshot()
@@ -242,7 +231,7 @@ def test_refund_when_the_upstream_fails_before_its_first_byte(
     errored = _post(limited.url, key, x_script="status=500;body={}")
     assert errored.status_code == 500
     # both were admitted (two reservations in the window), both refunded in full
-    _eventually(lambda: counters.reservations() == {0: 2})
+    eventually(lambda: counters.reservations() == {0: 2})
 
 
 def test_a_disconnected_client_is_charged_what_was_streamed(
@@ -267,7 +256,7 @@ def test_a_disconnected_client_is_charged_what_was_streamed(
                 deltas += 1
                 if deltas == 20:
                     break
-    _eventually(lambda: counters.slots() == 0 and counters.tokens() < reserved)
+    eventually(lambda: counters.slots() == 0 and counters.tokens() < reserved)
     charged = counters.tokens()
     assert deltas <= charged <= reserved
 
@@ -285,7 +274,7 @@ def test_a_request_crossing_its_limit_mid_stream_is_finished(
         streamed = client.post(f"{limited.url}/v1/responses", json=body, headers=headers)
     assert streamed.status_code == 200
     assert "event: response.completed" in streamed.text
-    _eventually(lambda: counters.tokens() > 60)
+    eventually(lambda: counters.tokens() > 60)
     refused = _post(limited.url, key, {"model": "mock-gpt", "input": "again"})
     assert refused.status_code == 429
     assert refused.json()["error"]["type"] == "tokens"
@@ -304,17 +293,17 @@ def test_slots_are_released_on_every_path(
         return counters.slots() == 0
 
     assert _post(limited.url, key).status_code == 200  # success
-    _eventually(released)
+    eventually(released)
     stream = {"model": "mock-gpt", "input": "hi", "stream": True}
     assert _post(limited.url, key, stream).status_code == 200  # streamed success
-    _eventually(released)
+    eventually(released)
     assert _post(limited.url, key, {"model": "nowhere", "input": "hi"}).status_code == 502
-    _eventually(released)
+    eventually(released)
     assert _post(limited.url, key, x_script="status=503;body={}").status_code == 503
-    _eventually(released)
+    eventually(released)
     with pytest.raises(httpx.RemoteProtocolError):  # the upstream broke off mid-stream
         _post(limited.url, key, x_replay_file=transcript_file, x_replay_abort="1")
-    _eventually(released)
+    eventually(released)
     with (  # the client leaves mid-stream
         httpx.Client(timeout=15) as client,
         client.stream(
@@ -326,7 +315,7 @@ def test_slots_are_released_on_every_path(
     ):
         assert counters.slots() == 1
         next(resp.iter_bytes())
-    _eventually(released)
+    eventually(released)
 
     async def three_at_once() -> list[int]:
         body = {"model": "scripted", "input": "hi"}
@@ -354,7 +343,7 @@ def test_slots_are_released_on_every_path(
             return [third.status_code]
 
     assert asyncio.run(three_at_once()) == [429]
-    _eventually(released)
+    eventually(released)
 
 
 def test_a_dead_replicas_slots_expire(
@@ -396,7 +385,7 @@ def test_a_dead_replicas_slots_expire(
 
     asyncio.run(hold_two())
     assert _post(survivor.url, key).status_code == 429  # the dead replica's slots still count
-    _eventually(lambda: _post(survivor.url, key).status_code == 200, timeout=10)
+    eventually(lambda: _post(survivor.url, key).status_code == 200, timeout=10)
 
 
 def test_every_answer_carries_the_ratelimit_headers(

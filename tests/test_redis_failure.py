@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import GatewayFactory, log_lines
+from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import create_key, keyed_config
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
@@ -65,14 +65,6 @@ def _timed_post(url: str, key: str) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 def _ready(gateway: ServerProcess) -> tuple[int, dict[str, Any]]:
     response = httpx.get(f"{gateway.url}/readyz", timeout=5)
     return response.status_code, response.json()
@@ -101,7 +93,7 @@ def test_frozen_redis_costs_at_most_the_timeout(
     # Redis answered nothing for 2 s; each request waited about the 0.25 s timeout, not 2 s
     assert shut_took < 1.5
     assert served_took < 1.5
-    _eventually(lambda: _timed_post(closed.url, key)[0].status_code == 200)
+    eventually(timeout=10, check=lambda: _timed_post(closed.url, key)[0].status_code == 200)
 
 
 def test_killed_redis_policy_breaker_readiness_and_recovery(
@@ -145,5 +137,5 @@ def test_killed_redis_policy_breaker_readiness_and_recovery(
         response, _ = _timed_post(gateway.url, key)
         return response.status_code == 200 and "x-ratelimit-limit-requests" in response.headers
 
-    _eventually(lambda: enforced(closed) and enforced(opened))
-    _eventually(lambda: _ready(closed)[0] == 200)
+    eventually(timeout=10, check=lambda: enforced(closed) and enforced(opened))
+    eventually(timeout=10, check=lambda: _ready(closed)[0] == 200)

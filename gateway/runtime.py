@@ -84,6 +84,8 @@ class Runtime:
 
     async def _open_redis(self) -> None:
         url = self.settings.redis.url
+        if url is None:  # settings refuse this combination; kept for the type checker
+            raise RuntimeError("auth is enabled without redis.url")
         if url == EMBEDDED:
             self._redis_server = EmbeddedRedis()
             url = await self._redis_server.start()

@@ -103,10 +103,11 @@ NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The shared state of every replica: keys, quotas."""
 
-    url: str = EMBEDDED
+    url: str | None = None
     """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS; ``embedded`` starts a
     private ``redis-server`` beside the gateway (demo and development only: nothing is shared
-    and nothing outlives the process)."""
+    and nothing outlives the process). Required while ``auth.enabled``: replicas that quietly
+    kept quotas of their own would each allow the whole quota."""
     timeout: PositiveFloat = 0.5
     """Seconds any one Redis command may take before it counts as failed."""
     on_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
@@ -290,7 +291,6 @@ def _check_references(settings: Settings, source: str) -> None:
         if model.name in seen:
             raise ConfigError(f"{source}: models[{index}].name: `{model.name}` is listed twice")
         seen.add(model.name)
-    _check_auth(settings, source)
     for name, provider in settings.providers.items():
         for header, value in provider.headers.items():
             if not _HEADER_NAME.match(header) or "\r" in value or "\n" in value:
@@ -304,6 +304,7 @@ def _check_references(settings: Settings, source: str) -> None:
                 f"{source}: providers.{name}.base_url: expected an http(s) URL or "
                 f"`{EMBEDDED}`, got `{url}`"
             )
+    _check_auth(settings, source)
 
 
 def _check_auth(settings: Settings, source: str) -> None:
@@ -327,7 +328,14 @@ def _check_auth(settings: Settings, source: str) -> None:
         if key_id in ids[:index]:
             raise ConfigError(f"{source}: auth.keys[{index}].id: `{key_id}` is listed twice")
     url = settings.redis.url
-    if url != EMBEDDED and not re.match(r"^(rediss?|unix)://", url):
+    if url is None:
+        if settings.auth.enabled:
+            raise ConfigError(
+                f"{source}: redis.url: expected the URL of the Redis that keys and quotas live "
+                f"in (redis://host:6379/0), or `{EMBEDDED}` for a private one (demo only), "
+                "or auth.enabled: false"
+            )
+    elif url != EMBEDDED and not re.match(r"^(rediss?|unix)://", url):
         raise ConfigError(
             f"{source}: redis.url: expected a redis://, rediss:// or unix:// URL or "
             f"`{EMBEDDED}`, got `{_redact_url(url)}`"

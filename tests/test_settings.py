@@ -15,6 +15,8 @@ providers:
   openai:
     base_url: https://api.openai.com/v1
     api_key: ${OPENAI_API_KEY}
+redis:
+  url: embedded
 models:
   - name: gpt-4.1-mini
     provider: openai
@@ -69,11 +71,11 @@ BAD: dict[str, tuple[str, list[str]]] = {
         ["providers.openai.headers.X-Team", "one line"],
     ),
     "redis_policy": (
-        GOOD + "redis: {on_failure: ignore}\n",
+        GOOD.replace("url: embedded", "{url: embedded, on_failure: ignore}"),
         ["redis.on_failure", "fail_closed", "fail_open"],
     ),
     "redis_url": (
-        GOOD + "redis: {url: 'http://user:hunter2@cache:6379'}\n",
+        GOOD.replace("url: embedded", "url: 'http://user:hunter2@cache:6379'"),
         ["redis.url", "redis://", "//***@cache"],
     ),
     "unknown_default_tier": (
@@ -95,6 +97,10 @@ BAD: dict[str, tuple[str, list[str]]] = {
     "negative_limit": (
         GOOD + "limits: {tiers: {default: {requests_per_minute: -1}}}\n",
         ["limits.tiers", "requests_per_minute", ">= 0"],
+    ),
+    "auth_without_redis": (
+        GOOD.replace("redis:\n  url: embedded\n", ""),
+        ["redis.url", "expected the URL", "auth.enabled: false"],
     ),
     "sso_missing_audience": (
         GOOD + "auth: {sso: {issuer: i, jwks_url: 'https://x/jwks'}}\n",

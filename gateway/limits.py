@@ -30,6 +30,8 @@ from .script_batch import ScriptBatcher
 from .settings import LimitSettings, LimitsSettings
 
 _UNLIMITED = -1
+_SETTLE_RETRY_PAUSES = (0.5, 2.0, 5.0)
+"""Seconds between the attempts to write a settlement while Redis is unreachable."""
 _SLOT = 4
 _LIMIT_NAMES = {
     "requests": "requests per minute (RPM)",
@@ -64,27 +66,23 @@ class Scope:
 class Admission:
     """An admitted request's hold on its quotas, until it is settled."""
 
-    __slots__ = (
-        "day",
-        "headers",
-        "masks",
-        "member",
-        "needs",
-        "reserved",
-        "scopes",
-        "settled",
-        "user",
-    )
+    __slots__ = ("headers", "masks", "member", "reserved", "scopes", "settled", "user")
 
     def __init__(
-        self, member: str, user: str, scopes: list[Scope], reserved: int, result: list[int]
+        self,
+        member: str,
+        user: str,
+        scopes: list[Scope],
+        reserved: int,
+        result: list[Any] | None = None,
     ) -> None:
+        """`result`: admit.lua's answer; None when it is unknown (the call timed out)."""
         self.member, self.user, self.scopes, self.reserved = member, user, scopes, reserved
-        self.day = int(result[1])
         count = len(scopes)
-        self.needs = [int(v) for v in result[2 : 2 + 2 * count : 2]]
-        self.masks = [int(v) for v in result[3 : 3 + 2 * count : 2]]
-        self.headers = _headers(*(int(v) for v in result[2 + 2 * count : 8 + 2 * count]))
+        self.masks = [int(v) for v in result[3 : 3 + 2 * count : 2]] if result else []
+        self.headers = (
+            _headers(*(int(v) for v in result[2 + 2 * count : 8 + 2 * count])) if result else []
+        )
         self.settled = False
 
 
@@ -144,7 +142,7 @@ class Limiter:
         """Reserve a place for one request, or raise 429; None when admitted by policy."""
         scopes = self.scopes(identity, model)
         member = os.urandom(12).hex()
-        keys = [self._keys.user_override(identity.user)]
+        keys = self._keys.limiter(identity.user)
         argv: list[Any] = [member, estimate, "", self._lease_ms, len(scopes)]
         for scope in scopes:
             keys.extend(scope.keys)
@@ -155,9 +153,19 @@ class Limiter:
             if int(result[0]) == 1:
                 self.settle(Admission(member, identity.user, scopes, estimate, result), 0)
 
+        pending = self._batch.run(self._admit, keys, argv, orphaned)
         try:
-            result = await self._batch.run(self._admit, keys, argv, orphaned)
-        except RedisUnavailable:
+            result = await pending
+        except asyncio.CancelledError:
+            # cancelled after the answer came but before this resumed: no orphan callback then
+            if pending.done() and not pending.cancelled() and pending.exception() is None:
+                orphaned(pending.result())
+            raise
+        except RedisUnavailable as exc:
+            if exc.maybe_ran:
+                # A timeout: Redis may have run the script even so. Undo it if it did, once
+                # Redis answers again; settling an admission that never happened does nothing.
+                self.settle(Admission(member, identity.user, scopes, estimate), 0)
             self._policy(identity)
             return None
         if int(result[0]) == 0:
@@ -183,19 +191,17 @@ class Limiter:
         await self._batch.drain()
 
     async def _write_settlement(self, admission: Admission, tokens: int) -> None:
-        keys = [self._keys.user_override(admission.user)]
-        argv: list[Any] = [admission.member, tokens, "", admission.day, len(admission.scopes)]
-        for scope, need, mask in zip(
-            admission.scopes, admission.needs, admission.masks, strict=True
-        ):
+        """Settle, retrying: settle.lua applies a settlement once however often it is sent."""
+        keys = self._keys.limiter(admission.user)
+        for scope in admission.scopes:
             keys.extend(scope.keys)
-            argv.extend([need, mask])
-        for attempt in range(3):
+        argv: list[Any] = [admission.member, tokens, "", len(admission.scopes)]
+        for pause in (*_SETTLE_RETRY_PAUSES, None):
             try:
                 await self._batch.run(self._settle, keys, argv)
                 break
             except RedisUnavailable:
-                if attempt == 2:
+                if pause is None:
                     self.unsettled += 1
                     self._log.error(
                         "settle_failed",
@@ -205,7 +211,7 @@ class Limiter:
                         note="the reservation stands; the concurrency slot expires with its lease",
                     )
                     break
-                await asyncio.sleep(0.5 * (attempt + 1))
+                await asyncio.sleep(pause)
         self._holding.pop(admission.member, None)
 
     async def renew_leases(self) -> None:

@@ -9,6 +9,7 @@ key                                    type     holds
 ``gw:key:{<key id>}``                  hash     one API key's record (its hash, owner, ...)
 ``gw:keys``                            set      every key id, for listing
 ``gw:rl:{u:<user tag>}:override``      hash     admin overrides of a user's limits
+``gw:rl:{u:<user tag>}:pending``       hash     what each unsettled admission reserved
 ``gw:rl:{u:<user tag>}:<scope>:req``   zset     admitted requests in the last minute
 ``gw:rl:{u:<user tag>}:<scope>:tok``   zset     token reservations in the last minute
 ``gw:rl:{u:<user tag>}:<scope>:amt``   hash     their amounts, and their sum (``_sum``)
@@ -52,6 +53,14 @@ class RedisKeys:
     def user_override(self, user: str) -> str:
         """Admin overrides of `user`'s limits."""
         return f"{self._prefix}:rl:{self.user_tag(user)}:override"
+
+    def pending(self, user: str) -> str:
+        """What each of `user`'s admissions not yet settled reserved."""
+        return f"{self._prefix}:rl:{self.user_tag(user)}:pending"
+
+    def limiter(self, user: str) -> list[str]:
+        """The keys every limiter script of `user` starts with: override, pending."""
+        return [self.user_override(user), self.pending(user)]
 
     def scope(self, user: str, scope: str) -> tuple[str, ...]:
         """The keys of one limiter scope of `user`, in `LIMITER_SUFFIXES` order."""

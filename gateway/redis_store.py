@@ -25,6 +25,11 @@ T = TypeVar("T")
 class RedisUnavailable(Exception):
     """Redis did not answer in time, refused, or the breaker is open."""
 
+    def __init__(self, message: str, *, maybe_ran: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_ran = maybe_ran
+        """False when the command was never sent (the breaker refused it)."""
+
 
 class Breaker:
     """Closed → (N failures) → open → (cooldown) → half-open: one probe → closed or open."""
@@ -52,6 +57,10 @@ class Breaker:
             return False
         self._probing = True  # half-open: this caller probes, the others fail fast
         return True
+
+    def release_probe(self) -> None:
+        """A probe ended without a verdict (cancelled): let the next call probe instead."""
+        self._probing = False
 
     def success(self) -> None:
         self._failures, self._open_until, self._probing = 0, None, False
@@ -114,11 +123,14 @@ class RedisStore:
         """Run `operation` with the client, within the timeout; `RedisUnavailable` if not."""
         if not self.breaker.allow():
             self.failures += 1
-            raise RedisUnavailable("the circuit breaker is open")
+            raise RedisUnavailable("the circuit breaker is open", maybe_ran=False)
         try:
             async with asyncio.timeout(self._settings.timeout):
                 result = await operation(self.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except BaseException as exc:
+            if not isinstance(exc, RedisError | OSError | TimeoutError):
+                self.breaker.release_probe()  # cancelled: not a verdict on Redis
+                raise
             self.failures += 1
             opened = self.breaker.failure()
             self._log.warning(

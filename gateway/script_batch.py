@@ -68,6 +68,14 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
+            await self._send_batch(batch)
+        finally:  # whatever went wrong, no caller is left waiting
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(RedisUnavailable(f"{self._what}: not sent"))
+
+    async def _send_batch(self, batch: list[_Call]) -> None:
+        try:
             results = await self._pipeline(batch)
             missing = [
                 c for c, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)
@@ -79,7 +87,7 @@ class ScriptBatcher:
         except RedisUnavailable as exc:
             for call in batch:
                 if not call.future.done():
-                    call.future.set_exception(RedisUnavailable(str(exc)))
+                    call.future.set_exception(RedisUnavailable(str(exc), maybe_ran=exc.maybe_ran))
             return
         for call, result in zip(batch, results, strict=True):
             if isinstance(result, ResponseError):  # a script error: Redis itself is fine
@@ -90,7 +98,10 @@ class ScriptBatcher:
             elif not call.future.done():
                 call.future.set_result(result)
             elif call.on_orphan is not None:
-                call.on_orphan(result)
+                try:
+                    call.on_orphan(result)
+                except Exception:  # one caller's cleanup must not fail the others
+                    self._log.exception("redis_orphan_failed", operation=self._what)
 
     async def _pipeline(self, batch: list[_Call]) -> list[Any]:
         async def send(r: Any) -> list[Any]:

@@ -355,7 +355,12 @@ class LuaLimiter:
         user = f"limiter-model-{uuid.uuid4().hex}"
         self.override_key = names.user_override(user)
         self.scope_keys = [names.scope(user, f"s{i}") for i in range(len(self.scopes))]
-        self.keys = [self.override_key, *(k for keys in self.scope_keys for k in keys)]
+        self.pending_key = names.pending(user)
+        self.keys = [
+            self.override_key,
+            self.pending_key,
+            *(k for keys in self.scope_keys for k in keys),
+        ]
         self.admitted: dict[str, Admitted] = {}
 
     def admit(self, member: str, tokens: int, now: int) -> Decision:
@@ -369,11 +374,11 @@ class LuaLimiter:
         return decision
 
     def settle(self, member: str, tokens: int, now: int) -> None:
-        admitted = self.admitted[member]
-        args: list[int | str] = [member, tokens, now, admitted.day, len(self.scopes)]
-        for need, mask in zip(admitted.needs, admitted.masks, strict=True):
-            args += [need, mask]
+        assert member in self.admitted
+        args: list[int | str] = [member, tokens, now, len(self.scopes)]
         assert self.scripts.settle(keys=self.keys, args=args) == 1
+        # a settlement is applied once: sent again (a retry), it changes nothing
+        assert self.scripts.settle(keys=self.keys, args=args) == 0
 
     def renew(self, member: str, now: int) -> None:
         masks = self.admitted[member].masks

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.redis_keys import RedisKeys
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import create_key, keyed_config
 from tests.support.procs import ServerProcess
@@ -37,7 +38,15 @@ def _gateway(
     config = keyed_config(
         redis.url,
         upstream.url,
-        limits={"tiers": {"default": {"requests_per_minute": 1000}}},
+        limits={
+            "tiers": {
+                "default": {
+                    "requests_per_minute": 1000,
+                    "tokens_per_minute": 10**9,
+                    "concurrent_requests": 50,
+                }
+            }
+        },
     )
     config["redis"].update(on_failure=policy, timeout=TIMEOUT, breaker_cooldown=0.5)
     return factory(config)
@@ -139,3 +148,34 @@ def test_killed_redis_policy_breaker_readiness_and_recovery(
 
     eventually(timeout=10, check=lambda: enforced(closed) and enforced(opened))
     eventually(timeout=10, check=lambda: _ready(closed)[0] == 200)
+
+
+def test_an_admission_redis_ran_after_the_timeout_is_undone(
+    closed: ServerProcess, redis: RedisServer, secrets_seen: list[str]
+) -> None:
+    """Redis frozen: the admission times out (503) but runs once Redis thaws; the gateway
+    undoes it then, so the refused request holds no slot and no tokens."""
+    _, key = create_key(closed.url, secrets_seen, user="thawed")
+    assert _timed_post(closed.url, key)[0].status_code == 200
+    client = redis.client()
+    pending, *scope = [*RedisKeys().limiter("thawed"), *RedisKeys().scope("thawed", "user")][1:]
+    _, _, amt, _, conc = scope
+    eventually(lambda: client.zcard(conc) == 0 and client.hlen(pending) == 0)
+    settled_tokens = int(client.hget(amt, "_sum") or 0)
+    freeze: Any = redis.client().execute_command  # untyped in redis-py
+    sleeper = threading.Thread(target=lambda: freeze("DEBUG", "SLEEP", 1))
+    sleeper.start()
+    time.sleep(0.1)
+    try:
+        refused, _ = _timed_post(closed.url, key)
+    finally:
+        sleeper.join()
+    assert refused.status_code == 503
+    eventually(
+        timeout=10,
+        check=lambda: (
+            client.zcard(conc) == 0
+            and client.hlen(pending) == 0
+            and int(client.hget(amt, "_sum") or 0) == settled_tokens
+        ),
+    )

@@ -6,7 +6,9 @@
 -- their own if the replica holding them dies.
 --
 -- KEYS[1]            the user's override hash (its fields replace the user scope's limits)
--- KEYS[2 + 5(i-1)..] scope i: req zset, tok zset, amt hash, day hash, conc zset
+-- KEYS[2]            the user's pending hash: what each unsettled admission reserved, so that
+--                    settle.lua knows what to undo, and does it once
+-- KEYS[3 + 5(i-1)..] scope i: req zset, tok zset, amt hash, day hash, conc zset
 -- ARGV[1] member     unique id of this admission
 -- ARGV[2] tokens     token reservation before capping
 -- ARGV[3] now_ms     "" = Redis TIME (always, in the gateway; tests pin the clock)
@@ -67,23 +69,35 @@ local function evict_tokens(tok, amt)
   end
 end
 
--- Milliseconds until enough reserved tokens leave the window for `need` more to fit.
+-- Milliseconds until enough reserved tokens leave the window for `need` more to fit; read in
+-- slices, oldest first, stopping as soon as it is known.
 local function tokens_retry(tok, amt, sum, need, limit)
   local excess = sum + need - limit
-  local entries = redis.call("ZRANGE", tok, 0, -1, "WITHSCORES")
   local freed = 0
-  for j = 1, #entries, 2 do
-    freed = freed + (tonumber(redis.call("HGET", amt, entries[j])) or 0)
-    if freed >= excess then
-      return tonumber(entries[j + 1]) + WINDOW + 1 - now
+  local offset = 0
+  while true do
+    local entries = redis.call("ZRANGE", tok, offset, offset + SLICE - 1, "WITHSCORES")
+    if #entries == 0 then
+      return WINDOW
     end
+    local members = {}
+    for j = 1, #entries, 2 do
+      members[#members + 1] = entries[j]
+    end
+    local amounts = redis.call("HMGET", amt, unpack(members))
+    for j = 1, #members do
+      freed = freed + (tonumber(amounts[j]) or 0)
+      if freed >= excess then
+        return tonumber(entries[2 * j]) + WINDOW + 1 - now
+      end
+    end
+    offset = offset + SLICE
   end
-  return WINDOW
 end
 
 local scopes = {}
 for i = 1, n do
-  local k = 2 + 5 * (i - 1)
+  local k = 3 + 5 * (i - 1)
   local a = 6 + 5 * (i - 1)
   local s = {
     req = KEYS[k], tok = KEYS[k + 1], amt = KEYS[k + 2], dayk = KEYS[k + 3], conc = KEYS[k + 4],
@@ -187,6 +201,14 @@ for i = 1, n do
   result[#result + 1] = s.need
   result[#result + 1] = mask
 end
+-- What settle.lua must undo: "day need_1 mask_1 need_2 mask_2 ...".
+local pending = {day}
+for i = 1, n do
+  pending[#pending + 1] = result[1 + 2 * i]
+  pending[#pending + 1] = result[2 + 2 * i]
+end
+redis.call("HSET", KEYS[2], member, table.concat(pending, " "))
+redis.call("PEXPIRE", KEYS[2], 2 * DAY)
 best_req = best_req or {-1, -1, -1}
 best_tok = best_tok or {-1, -1, -1}
 for j = 1, 3 do result[#result + 1] = best_req[j] end

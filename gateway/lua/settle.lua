@@ -5,15 +5,19 @@
 -- reservation is charged, at the current time. The day counter gets the same correction: on
 -- the day of admission, or only the excess once a new day has begun.
 --
--- KEYS[2 + 5(i-1)..] scope i: req zset, tok zset, amt hash, day hash, conc zset (KEYS[1],
---                    the override hash, is unused: all the scripts take the same keys)
+-- What the admission reserved is read from the pending hash, and removed: a settlement runs
+-- once, however often it is sent (a retry after a timeout, a compensation for an admission
+-- whose answer was lost), and a settlement of an admission that never happened does nothing.
+--
+-- KEYS[2]            the user's pending hash (KEYS[1], the override hash, is unused: the
+--                    scripts take the same keys)
+-- KEYS[3 + 5(i-1)..] scope i: req zset, tok zset, amt hash, day hash, conc zset
 -- ARGV[1] member     the admission's id
 -- ARGV[2] tokens     real usage (what to charge)
 -- ARGV[3] now_ms     "" = Redis TIME
--- ARGV[4] day        the UTC day number of the admission
--- ARGV[5] n          number of scopes
--- ARGV[6 + 2(i-1)..] scope i: tokens reserved there, and what it holds (admit.lua's mask:
---                    1 tokens per minute, 2 tokens per day, 4 a concurrency slot)
+-- ARGV[4] n          number of scopes
+--
+-- Returns 1 when it settled the admission, 0 when there was nothing (left) to settle.
 
 local WINDOW = 60000
 local DAY = 86400000
@@ -27,17 +31,26 @@ else
 end
 local member = ARGV[1]
 local tokens = tonumber(ARGV[2])
-local admitted_day = tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[4])
 local today = math.floor(now / DAY)
 
+local held_by = redis.call("HGET", KEYS[2], member)
+if not held_by then
+  return 0
+end
+redis.call("HDEL", KEYS[2], member)
+local pending = {}
+for word in string.gmatch(held_by, "%S+") do
+  pending[#pending + 1] = tonumber(word)
+end
+local admitted_day = pending[1]
+
 for i = 1, n do
-  local k = 2 + 5 * (i - 1)
-  local a = 6 + 2 * (i - 1)
+  local k = 3 + 5 * (i - 1)
   local tok, amt, dayk, conc = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local reserved = tonumber(ARGV[a])
+  local reserved = pending[2 * i]
   local extra = tokens - reserved
-  local mask = tonumber(ARGV[a + 1])
+  local mask = pending[2 * i + 1]
   if mask % 2 == 1 then
     local held = redis.call("HGET", amt, member)
     local at = redis.call("ZSCORE", tok, member)

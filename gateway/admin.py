@@ -23,6 +23,7 @@ from .runtime import Runtime
 from .settings import LimitSettings
 
 _User = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_UnixTime = Annotated[float, msgspec.Meta(ge=0, le=4_102_444_800)]  # until 2100
 _OVERRIDE_FIELDS = {
     "requests_per_minute": "rpm",
     "tokens_per_minute": "tpm",
@@ -36,9 +37,9 @@ class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     team: str | None = None
     tier: str | None = None
     models: list[str] | None = None
-    expires_at: float | None = None
+    expires_at: _UnixTime | None = None
     """Unix time; or give `expires_in_days`."""
-    expires_in_days: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    expires_in_days: Annotated[float, msgspec.Meta(gt=0, le=36_500)] | None = None
     limits: LimitSettings | None = None
 
 
@@ -153,8 +154,8 @@ class AdminController(Controller):
         """Revoke a key: every replica refuses it within `auth.key_cache_seconds`."""
         record = await _get(runtime, key_id)
         if record.revoked_at is None:
-            record = msgspec.structs.replace(record, revoked_at=round(time.time(), 3))
-            await _keystore(runtime).update(record)
+            await _keystore(runtime).revoke(key_id, time.time())
+            record = await _get(runtime, key_id)
             runtime.log.info("key_revoked", key_id=key_id)
         return _view(record)
 

@@ -42,7 +42,8 @@ class KeyRecord(msgspec.Struct, omit_defaults=True):
     revoked_at: float | None = None
     limits: LimitSettings | None = None
     last_used_at: float | None = None
-    """Stored apart from the record (written without rewriting it); filled in on reads."""
+    """Stored apart from the record (written without rewriting it); filled in on reads, like
+    `revoked_at`, which no rewrite of the record may undo."""
 
     def usable(self, now: float) -> bool:
         """Neither revoked nor expired."""
@@ -137,8 +138,13 @@ class KeyStore:
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
     async def update(self, record: KeyRecord) -> None:
-        """Replace a record (limits, models, expiry, revocation)."""
+        """Replace a record's limits, models, tier, team or expiry (never its revocation)."""
         await self._save(record, new=False)
+
+    async def revoke(self, key_id: str, when: float) -> None:
+        """Revoke a key: a field of its own, which no update of the record can undo."""
+        name = self._keys.key_record(key_id)
+        await self._store.call(lambda r: r.hsetnx(name, "revoked", str(round(when, 3))), "revoke")
 
     async def touch(self, key_id: str, when: float) -> None:
         """Note a use of the key (best effort, off the request path)."""
@@ -147,7 +153,7 @@ class KeyStore:
 
     async def _save(self, record: KeyRecord, *, new: bool) -> None:
         name = self._keys.key_record(record.id)
-        stored = msgspec.structs.replace(record, last_used_at=None)
+        stored = msgspec.structs.replace(record, last_used_at=None, revoked_at=None)
 
         async def write(r: Any) -> None:
             pipe = r.pipeline(transaction=True)
@@ -171,4 +177,7 @@ def _record(fields: dict[Any, Any]) -> KeyRecord | None:
     used = fields.get(b"last_used")
     if used is not None:
         record.last_used_at = float(used)
+    revoked = fields.get(b"revoked")
+    if revoked is not None:
+        record.revoked_at = float(revoked)
     return record

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Litestar, Request, Response, asgi
+from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
@@ -66,9 +67,14 @@ def create_app(settings: Settings, on_ready: OnReady | None = None) -> Litestar:
         error = InternalError("The gateway failed to handle this request.")
         return _render(error.status, error.body(), {}, request_id(request))
 
+    async def caller_guard(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
+        """/v1/models takes the same credentials as /v1/responses, as OpenAI's does."""
+        if runtime.auth is not None:
+            await runtime.auth.authenticate(connection.scope)
+
     handlers: list[Any] = [
         asgi("/v1/responses", copy_scope=False)(responses),
-        ModelsController,
+        type("Models", (ModelsController,), {"guards": [caller_guard]}),
         healthz,
         readyz,
     ]

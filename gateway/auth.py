@@ -3,7 +3,7 @@
 A replica keeps a key it looked up for `auth.key_cache_seconds` (at most 1 s): the hot path
 then needs no Redis round trip for authentication, and a revocation written to Redis is seen by
 every replica within that time. While Redis is unreachable under ``fail_open``, keys seen in
-the last minute keep working (nothing can be revoked while Redis is down anyway); under
+the last hour keep working (nothing can be revoked while Redis is down anyway); under
 ``fail_closed`` a key that must be looked up gets 503.
 
 Every refusal says the same thing, whether the key exists or not.
@@ -27,8 +27,10 @@ from .redis_store import RedisUnavailable
 from .settings import AuthSettings, LimitSettings
 from .sso import JwtVerifier, SsoRejected, looks_like_jwt
 
-STALE_FOR = 60.0
-"""Seconds a cached key may still be used under ``fail_open`` while Redis is unreachable."""
+STALE_FOR = 3600.0
+"""Seconds a key looked up may still be used under ``fail_open`` while Redis is unreachable:
+longer than any failover, short enough that a replica does not serve a key it has not been
+able to check for hours."""
 CACHE_ENTRIES = 20_000
 _QUERY_CREDENTIALS = frozenset({"api_key", "api-key", "apikey", "key", "access_token", "token"})
 _NO_KEY = (
@@ -97,8 +99,10 @@ class Authenticator:
         if self._sso is not None:
             await self._sso.close()
 
-    async def authenticate(self, scope: Scope) -> Identity:
-        """The caller of `scope`, or `AuthenticationFailed` (401)."""
+    async def authenticate(self, scope: Scope) -> tuple[Identity, bool]:
+        """The caller of `scope`, or `AuthenticationFailed` (401); and whether Redis just
+        failed to answer for it (the key came from the cache under ``fail_open``): the request
+        then skips Redis for its quota too, instead of waiting a second timeout."""
         _refuse_query_credentials(scope)
         value = header(scope, b"authorization")
         if value is None:
@@ -110,23 +114,24 @@ class Authenticator:
         digest = self._hasher.digest(credential)
         configured = self._configured.get(digest)
         if configured is not None:
-            return configured
+            return configured, False
         key_id = key_id_of(credential)
+        degraded = False
         if key_id is not None and self._keystore is not None:
-            identity = await self._issued_key(digest, key_id, credential)
+            identity, degraded = await self._issued_key(digest, key_id, credential)
         elif self._sso is not None and looks_like_jwt(credential):
             identity = await self._sso_token(credential)
         else:
             identity = None
         if identity is None:
             raise AuthenticationFailed(_BAD_KEY)
-        return identity
+        return identity, degraded
 
-    async def _issued_key(self, digest: str, key_id: str, key: str) -> Identity | None:
+    async def _issued_key(self, digest: str, key_id: str, key: str) -> tuple[Identity | None, bool]:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and now < cached.fresh_until:
-            return cached.identity
+            return cached.identity, False
         assert self._keystore is not None
         try:
             record = await self._lookup(key_id)
@@ -134,7 +139,7 @@ class Authenticator:
             if self._fail_open and cached is not None and now < cached.stale_until:
                 self.policy_uses += 1
                 self._log.warning("auth_policy_used", policy="fail_open", key_id=key_id)
-                return cached.identity
+                return cached.identity, True
             raise ServiceUnavailable(
                 "The gateway cannot check credentials right now; retry shortly.",
                 code="auth_unavailable",
@@ -144,7 +149,7 @@ class Authenticator:
         self._remember(digest, identity, now)
         if identity is not None:
             self._touch(key_id)
-        return identity
+        return identity, False
 
     async def _lookup(self, key_id: str) -> KeyRecord | None:
         """One Redis read per key at a time: a burst on a cold key shares the first lookup."""

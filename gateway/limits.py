@@ -114,7 +114,9 @@ class Limiter:
 
     def scopes(self, identity: Identity, model: str) -> list[Scope]:
         """Every scope that applies to `identity` calling `model`."""
-        tier = self._settings.tiers[identity.tier or self._settings.default_tier]
+        tiers = self._settings.tiers
+        # a key may name a tier since removed from the configuration: the default applies
+        tier = tiers.get(identity.tier or "") or tiers[self._settings.default_tier]
         user = identity.user
         found = [Scope("user", f"user {user}", tier, self._keys.scope(user, "user"))]
         if identity.key_limits is not None and identity.key_id is not None:
@@ -166,7 +168,7 @@ class Limiter:
                 # A timeout: Redis may have run the script even so. Undo it if it did, once
                 # Redis answers again; settling an admission that never happened does nothing.
                 self.settle(Admission(member, identity.user, scopes, estimate), 0)
-            self._policy(identity)
+            self.apply_policy(identity)
             return None
         if int(result[0]) == 0:
             raise _rejection(scopes[int(result[1]) - 1], result)
@@ -240,7 +242,8 @@ class Limiter:
             with contextlib.suppress(RedisUnavailable):
                 await self._store.call(renew, "renew")
 
-    def _policy(self, identity: Identity) -> None:
+    def apply_policy(self, identity: Identity) -> None:
+        """Redis cannot be asked: forward without a quota (fail_open) or answer 503."""
         self.policy_uses += 1
         policy = "fail_open" if self._fail_open else "fail_closed"
         self._log.warning("ratelimit_policy_used", policy=policy, user=identity.user)

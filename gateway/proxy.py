@@ -95,9 +95,9 @@ class ResponsesEndpoint:
                 f"Method {ex.method} is not allowed on {ex.path}; use POST.",
                 headers={"allow": "POST"},
             )
-        identity = None
+        identity, degraded = None, False
         if self._auth is not None:
-            identity = await self._auth.authenticate(scope)
+            identity, degraded = await self._auth.authenticate(scope)
             ex.caller, ex.key_id, ex.team = identity.user, identity.key_id, identity.team
         check_json_media_type(scope)
         body = await read_body(scope, receive, self._max_body)
@@ -109,7 +109,9 @@ class ResponsesEndpoint:
         admission = None
         if identity is not None:
             _check_model_allowed(identity, request.model)
-            if self._limiter is not None:
+            if self._limiter is not None and degraded:
+                self._limiter.apply_policy(identity)  # Redis just failed this request
+            elif self._limiter is not None:
                 estimate = estimate_tokens(body, request.max_output_tokens, self._default_output)
                 admission = await self._limiter.admit(identity, request.model, estimate)
         if admission is None:

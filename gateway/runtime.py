@@ -124,7 +124,7 @@ class Runtime:
             return {"ready": False, "status": "starting"}
         if self.store is None:
             return {"ready": True, "status": "ready"}
-        redis_ok = self.store.breaker.closed or await self.store.ping()
+        redis_ok = await self.store.ping()  # fails fast while the breaker is open
         policy = self.settings.redis.on_failure
         report: dict[str, Any] = {
             "ready": redis_ok or self.fail_open,

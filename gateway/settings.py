@@ -169,8 +169,9 @@ class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``false`` serves everyone without a credential and without quotas (never in production)."""
     pepper: str | None = None
     """Server-side secret mixed into stored key hashes (HMAC-SHA-256); plain SHA-256 without."""
-    admin_key: str | None = None
-    """Credential of the ``/admin`` API; the admin API is off when unset."""
+    admin_key: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    """Credential of the ``/admin`` API (16 characters at least); the admin API is off when
+    unset."""
     key_cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
     """How long a replica reuses a key it looked up: the bound on how late it sees a revocation."""
     keys: tuple[KeySettings, ...] = ()

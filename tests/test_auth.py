@@ -6,6 +6,7 @@ the key exists or not, and a revocation must reach the other replica within a se
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
@@ -13,8 +14,13 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from gateway.apikeys import KeyHasher, KeyRecord, KeyStore
+from gateway.redis_keys import RedisKeys
+from gateway.redis_store import RedisStore
+from gateway.settings import RedisSettings
 from tests.conftest import ADMIN_KEY, GatewayFactory, request_line
 from tests.support.admin import admin_client, create_key, keyed_config
 from tests.support.procs import ServerProcess, python_module
@@ -304,3 +310,49 @@ def test_cli_sets_and_shows_a_users_limits(replicas: list[ServerProcess]) -> Non
     assert overrides["requests_per_minute"] == 9
     assert overrides["concurrent_requests"] == 2
     assert overrides["tokens_per_minute"] is None
+
+
+def test_models_take_the_same_credentials(
+    replicas: list[ServerProcess], secrets_seen: list[str]
+) -> None:
+    url = replicas[0].url
+    _, key = create_key(url, secrets_seen, user="lister")
+    _error(httpx.get(f"{url}/v1/models"), 401, "invalid_api_key")
+    _error(httpx.get(f"{url}/v1/models/scripted"), 401, "invalid_api_key")
+    listed = httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"})
+    assert listed.status_code == 200
+    assert "scripted" in [m["id"] for m in listed.json()["data"]]
+    refused = httpx.get(f"{url}/v1/models", params={"api_key": key})
+    _error(refused, 400, "credentials_in_query")
+
+
+def test_a_revocation_survives_an_update_read_before_it(
+    redis_server: RedisServer, secrets_seen: list[str]
+) -> None:
+    """The race of a PATCH and a revocation: the PATCH read the record before the revocation
+    and writes it back after; the key must stay revoked."""
+
+    async def race() -> KeyRecord | None:
+        store = RedisStore(RedisSettings(url=redis_server.url), redis_server.url, _NoLog())
+        keys = KeyStore(store, RedisKeys(), KeyHasher(None))
+        try:
+            record, key = await keys.create("raced")
+            secrets_seen.append(key)
+            read_before = await keys.get(record.id)
+            assert read_before is not None
+            await keys.revoke(record.id, time.time())
+            await keys.update(msgspec.structs.replace(read_before, team="late-writer"))
+            return await keys.get(record.id)
+        finally:
+            await store.close()
+
+    final = asyncio.run(race())
+    assert final is not None
+    assert final.team == "late-writer"
+    assert final.revoked_at is not None
+    assert not final.usable(time.time())
+
+
+class _NoLog:
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *args, **kwargs: None

@@ -102,6 +102,10 @@ BAD: dict[str, tuple[str, list[str]]] = {
         GOOD.replace("redis:\n  url: embedded\n", ""),
         ["redis.url", "expected the URL", "auth.enabled: false"],
     ),
+    "short_admin_key": (
+        GOOD + "auth: {admin_key: short}\n",
+        ["auth.admin_key", "length >= 16"],
+    ),
     "sso_missing_audience": (
         GOOD + "auth: {sso: {issuer: i, jwks_url: 'https://x/jwks'}}\n",
         ["auth.sso", "missing required field `audience`"],
@@ -147,7 +151,7 @@ def test_variables_expand(tmp_path: Path) -> None:
 
 def test_repository_config_loads() -> None:
     """config/gateway.yaml, the documented example, is valid."""
-    env = {"OPENAI_API_KEY": "k", "GATEWAY_ADMIN_KEY": "a"}
+    env = {"OPENAI_API_KEY": "k", "GATEWAY_ADMIN_KEY": "a-long-enough-admin-key"}
     settings = load_settings(ROOT / "config" / "gateway.yaml", environ=env)
     assert settings.providers["openai"].drop_fields == ("stop", "stream_options")
     assert [m.name for m in settings.models] == ["gpt-4.1-mini", "gpt-4.1", "mock-gpt"]

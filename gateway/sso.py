@@ -332,8 +332,9 @@ class JwtVerifier:
     async def _fetch_and_store(self) -> None:
         """Replace the cached keys with freshly fetched ones; on failure log and keep them."""
         try:
-            keys = await self._fetch()
-        except (httpx.HTTPError, httpx.InvalidURL, _JwksError) as error:
+            async with asyncio.timeout(FETCH_TIMEOUT_SECONDS):  # httpx's is per read: bound it all
+                keys = await self._fetch()
+        except (httpx.HTTPError, httpx.InvalidURL, _JwksError, TimeoutError) as error:
             self._log.warning(
                 "sso_jwks_fetch_failed",
                 jwks_url=self._settings.jwks_url,

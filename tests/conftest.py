@@ -85,8 +85,9 @@ def gateway_factory(
 
 
 def _has_secret(path: Path, secrets: list[str]) -> bool:
+    """A secret, or its last 20 characters (a key's secret part, a token's signature)."""
     text = path.read_text(errors="replace")
-    return any(secret in text for secret in secrets)
+    return any(secret in text or secret[-20:] in text for secret in secrets)
 
 
 @pytest.fixture(scope="session")

@@ -133,7 +133,7 @@ async def _issue_key(url: str) -> str:
         session.post(
             f"{url}/admin/keys",
             json={"user": "bench"},
-            headers={"authorization": "Bearer bench-admin-key"},
+            headers={"authorization": "Bearer bench-admin-key-0123456789"},
         ) as response,
     ):
         body = await response.json()
@@ -204,7 +204,7 @@ def main() -> None:
     configs = {
         "open": common + "auth: {enabled: false}\n",
         "keyed": common
-        + f"redis: {{url: '{store.url}'}}\nauth: {{admin_key: bench-admin-key}}\n"
+        + f"redis: {{url: '{store.url}'}}\nauth: {{admin_key: bench-admin-key-0123456789}}\n"
         + KEYED_LIMITS,
     }
     gateways: dict[str, ServerProcess] = {}

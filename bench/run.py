@@ -119,6 +119,7 @@ def _mock(port: int, model: str, *extra: str) -> ServerProcess:
     return ServerProcess(_pin("1", argv), port)
 
 
+ADMIN_KEY = "bench-admin-key-0123456789"
 KEYED_LIMITS = (
     "limits:\n"
     "  tiers:\n"
@@ -133,7 +134,7 @@ async def _issue_key(url: str) -> str:
         session.post(
             f"{url}/admin/keys",
             json={"user": "bench"},
-            headers={"authorization": "Bearer bench-admin-key-0123456789"},
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
         ) as response,
     ):
         body = await response.json()
@@ -174,6 +175,24 @@ def _round_trips(gateway: ServerProcess, body: str, key: str, client: redis.Redi
     return ", ".join(f"{name} {value:.3f}" for name, value in sorted(per.items()))
 
 
+def gateway_configs(static_port: int, live_port: int, redis_url: str) -> dict[str, str]:
+    """The YAML of the two gateways under test: `open` (no auth) and `keyed`."""
+    common = (
+        "providers:\n"
+        f"  static: {{base_url: 'http://127.0.0.1:{static_port}/v1', api_key: bench-key}}\n"
+        f"  live: {{base_url: 'http://127.0.0.1:{live_port}/v1', api_key: bench-key}}\n"
+        "models:\n"
+        "  - {name: bench-static, provider: static}\n"
+        "  - {name: bench-live, provider: live}\n"
+    )
+    return {
+        "open": common + "auth: {enabled: false}\n",
+        "keyed": common
+        + f"redis: {{url: '{redis_url}'}}\nauth: {{admin_key: {ADMIN_KEY}}}\n"
+        + KEYED_LIMITS,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
@@ -193,20 +212,7 @@ def main() -> None:
     store = RedisServer(work).start()
     if store.proc is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(store.proc.pid, {1})
-    common = (
-        "providers:\n"
-        f"  static: {{base_url: 'http://127.0.0.1:{static_port}/v1', api_key: bench-key}}\n"
-        f"  live: {{base_url: 'http://127.0.0.1:{live_port}/v1', api_key: bench-key}}\n"
-        "models:\n"
-        "  - {name: bench-static, provider: static}\n"
-        "  - {name: bench-live, provider: live}\n"
-    )
-    configs = {
-        "open": common + "auth: {enabled: false}\n",
-        "keyed": common
-        + f"redis: {{url: '{store.url}'}}\nauth: {{admin_key: bench-admin-key-0123456789}}\n"
-        + KEYED_LIMITS,
-    }
+    configs = gateway_configs(static_port, live_port, store.url)
     gateways: dict[str, ServerProcess] = {}
     for name, text in configs.items():
         path = work / f"{name}.yaml"

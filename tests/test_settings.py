@@ -172,3 +172,14 @@ def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert str(path) in done.stderr
     assert "models[1].provider" in done.stderr
+
+
+def test_benchmark_configs_load(tmp_path: Path) -> None:
+    """`make bench` starts its gateways from these; a config rule they break stops the bench."""
+    from bench.run import gateway_configs
+
+    for name, text in gateway_configs(1, 2, "redis://127.0.0.1:3/0").items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        settings = load_settings(path, environ={})
+        assert settings.auth.enabled == (name == "keyed")

@@ -23,6 +23,7 @@ from .errors import BadGateway, GatewayError, MethodNotAllowed, PermissionDenied
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
 from .http1 import Response, UpstreamError
+from .ledger import Ledger, record_of
 from .limits import Admission, Limiter, estimate_tokens
 from .request_ids import RequestIds
 from .routing import Route, Router
@@ -63,6 +64,7 @@ class ResponsesEndpoint:
         *,
         auth: Authenticator | None = None,
         limiter: Limiter | None = None,
+        ledger: Ledger | None = None,
         default_output_tokens: int = 4096,
     ) -> None:
         self._router = router
@@ -72,10 +74,12 @@ class ResponsesEndpoint:
         self._log = log
         self._auth = auth
         self._limiter = limiter
+        self._ledger = ledger
         self._default_output = default_output_tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(self._ids.for_scope(scope), time.perf_counter())
+        arrived = time.time()
         ex.method = scope["method"]  # type: ignore[typeddict-item]  # routed here for HTTP only
         ex.path = scope["path"]
         try:
@@ -87,7 +91,10 @@ class ResponsesEndpoint:
         except ClientGone:
             ex.client_disconnected = True
         finally:
-            self._log.info("request", **ex.log_fields())
+            fields = ex.log_fields()
+            self._log.info("request", **fields)
+            if self._ledger is not None and ex.caller is not None:
+                self._ledger.record(record_of(ex, arrived, fields))
 
     async def _handle(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         if ex.method != "POST":

@@ -15,6 +15,9 @@ key                                    type     holds
 ``gw:rl:{u:<user tag>}:<scope>:amt``   hash     their amounts, and their sum (``_sum``)
 ``gw:rl:{u:<user tag>}:<scope>:day``   hash     tokens used on the current UTC day
 ``gw:rl:{u:<user tag>}:<scope>:conc``  zset     concurrency slots, scored by lease expiry
+``gw:{ledger}:stream``                 stream   one usage record per request
+``gw:{ledger}:seen:<record id>``       string   a record already written (idempotency)
+``gw:{ledger}:day:<YYYY-MM-DD>``       hash     the day's sums by user and model
 =====================================  =======  ===========================================
 
 The user tag is a digest of the user id: user ids come from identity providers and may hold
@@ -61,6 +64,19 @@ class RedisKeys:
     def limiter(self, user: str) -> list[str]:
         """The keys every limiter script of `user` starts with: override, pending."""
         return [self.user_override(user), self.pending(user)]
+
+    def ledger(self, record_id: str, day: str) -> list[str]:
+        """The keys `lua/ledger_append.lua` takes for one record of `day` (``YYYY-MM-DD``)."""
+        base = f"{self._prefix}:{{ledger}}"
+        return [f"{base}:stream", f"{base}:seen:{record_id}", f"{base}:day:{day}"]
+
+    def ledger_stream(self) -> str:
+        """The usage ledger."""
+        return f"{self._prefix}:{{ledger}}:stream"
+
+    def ledger_day(self, day: str) -> str:
+        """Sums of `day` (``YYYY-MM-DD``): fields ``user TAB model TAB measure``."""
+        return f"{self._prefix}:{{ledger}}:day:{day}"
 
     def scope(self, user: str, scope: str) -> tuple[str, ...]:
         """The keys of one limiter scope of `user`, in `LIMITER_SUFFIXES` order."""

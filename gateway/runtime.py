@@ -19,6 +19,7 @@ from .apikeys import KeyHasher, KeyStore
 from .auth import Authenticator
 from .embedded_redis import EmbeddedRedis
 from .errors import ServiceUnavailable
+from .ledger import Ledger
 from .limits import Limiter
 from .proxy import ResponsesEndpoint
 from .redis_keys import RedisKeys
@@ -44,6 +45,7 @@ class Runtime:
         self.keystore: KeyStore | None = None
         self.auth: Authenticator | None = None
         self.limiter: Limiter | None = None
+        self.ledger: Ledger | None = None
         self._on_ready = on_ready
         self._upstreams = Upstreams(settings.providers)
         self._endpoint: ResponsesEndpoint | None = None
@@ -72,6 +74,7 @@ class Runtime:
                 self.log,
                 auth=self.auth,
                 limiter=self.limiter,
+                ledger=self.ledger,
                 default_output_tokens=self.settings.limits.default_output_tokens,
             )
             if self._on_ready is not None:
@@ -97,9 +100,11 @@ class Runtime:
         self.limiter = Limiter(
             self.store, self.redis_keys, self.settings.limits, self.fail_open, self.log
         )
+        self.ledger = Ledger(self.store, self.redis_keys, self.settings.ledger, self.log)
         self._renewing = asyncio.get_running_loop().create_task(self.limiter.renew_leases())
         if not await self.store.warm():
             self.log.warning("redis_unreachable_at_start", policy=self.settings.redis.on_failure)
+        self.ledger.start()
 
     async def _close(self) -> None:
         if self._renewing is not None:
@@ -108,6 +113,8 @@ class Runtime:
                 await self._renewing
         if self.limiter is not None:
             await self.limiter.drain()
+        if self.ledger is not None:
+            await self.ledger.close()
         if self.auth is not None:
             await self.auth.close()
         if self.store is not None:
@@ -133,6 +140,8 @@ class Runtime:
             "redis_policy": policy,
             "redis_failures": self.store.failures,
             "policy_uses": self.policy_uses,
+            "ledger_backlog": self.ledger.backlog if self.ledger else 0,
+            "ledger_dropped": self.ledger.dropped if self.ledger else 0,
         }
         return report
 

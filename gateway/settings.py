@@ -209,6 +209,18 @@ class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request runs."""
 
 
+class LedgerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The usage ledger: one record per request in a Redis Stream, and daily sums."""
+
+    retention_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """Records older than this are trimmed from the stream; daily sums expire after it too."""
+    buffer_records: Annotated[int, msgspec.Meta(ge=100)] = 100_000
+    """Records kept in memory while Redis cannot take them; beyond, the oldest are dropped,
+    and every drop is logged."""
+    dedupe_seconds: Annotated[int, msgspec.Meta(ge=60)] = 86_400
+    """How long a written record's id is remembered, so that a retried write counts once."""
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the gateway reads from its configuration file."""
 
@@ -219,6 +231,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
+    ledger: LedgerSettings = LedgerSettings()
     source: str = "<built-in>"
     """Where these settings came from, for messages."""
 

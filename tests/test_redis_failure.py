@@ -109,8 +109,12 @@ def test_killed_redis_policy_breaker_readiness_and_recovery(
     closed: ServerProcess, opened: ServerProcess, redis: RedisServer, secrets_seen: list[str]
 ) -> None:
     _, key = create_key(closed.url, secrets_seen, user="killed")
-    for gateway in (closed, opened):
-        assert _timed_post(gateway.url, key)[0].status_code == 200
+    for gateway in (closed, opened):  # healthy again after the previous test's freeze
+
+        def serves(url: str = gateway.url) -> bool:
+            return _timed_post(url, key)[0].status_code == 200
+
+        eventually(serves, timeout=10)
         assert _ready(gateway)[0] == 200
     redis.stop()
     try:

@@ -1,0 +1,223 @@
+"""The usage ledger: one record per request, written to Redis off the request path.
+
+`Ledger.record` only appends to an in-memory queue; a background task writes the queue in
+batches (`lua/ledger_append.lua`: the stream entry and the day's sums in one atomic step,
+idempotent by record id). While Redis cannot take them, records wait and are retried; the queue
+is bounded (`ledger.buffer_records`), and a record that must be dropped is logged. At shutdown
+the queue is written out before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+
+from .exchange import Exchange
+from .redis_keys import RedisKeys
+from .redis_store import RedisStore, RedisUnavailable
+from .settings import LedgerSettings
+
+BATCH = 256
+RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 5.0)
+_MEASURES = (
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+)
+
+
+class UsageRecord(msgspec.Struct, omit_defaults=True):
+    """What one request used, whatever its end."""
+
+    id: str
+    """Unique per record: the idempotency key of its write."""
+    request_id: str
+    time: float
+    """Unix time the request arrived."""
+    end: str
+    """completed, incomplete, failed, rejected, error or client_disconnected."""
+    status: int
+    stream: bool
+    user: str | None = None
+    key_id: str | None = None
+    team: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    request_user: str | None = None
+    metadata: dict[str, str] | None = None
+    response_id: str | None = None
+
+    def day(self) -> str:
+        return time.strftime("%Y-%m-%d", time.gmtime(self.time))
+
+    def fields(self) -> list[str]:
+        """The stream entry: every field as text (metadata as JSON), absent ones left out."""
+        out: list[str] = []
+        for name, value in msgspec.structs.asdict(self).items():
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                value = msgspec.json.encode(value).decode()
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            out += [name, str(value)]
+        return out
+
+    def sums(self) -> list[str]:
+        """The day's aggregate increments: ``user TAB model TAB measure`` → amount."""
+        prefix = f"{self.user or '-'}\t{self.model or '-'}\t"
+        out = [prefix + "requests", "1"]
+        for measure in _MEASURES:
+            amount = getattr(self, measure)
+            if amount:
+                out += [prefix + measure, str(amount)]
+        return out
+
+
+def record_of(ex: Exchange, wall_started: float, log: dict[str, Any]) -> UsageRecord:
+    """The ledger record of a finished exchange; `log`: its canonical log line's fields."""
+    usage = ex.outcome.usage if ex.outcome is not None else None
+    return UsageRecord(
+        id=os.urandom(10).hex(),
+        request_id=ex.request_id,
+        time=round(wall_started, 3),
+        end=_end(ex),
+        status=ex.status,
+        stream=ex.stream,
+        user=ex.caller,
+        key_id=ex.key_id,
+        team=ex.team,
+        model=ex.model,
+        provider=ex.provider,
+        upstream_model=ex.upstream_model,
+        input_tokens=usage.input_tokens if usage else 0,
+        cached_input_tokens=usage.cached_input_tokens if usage else 0,
+        output_tokens=usage.output_tokens if usage else 0,
+        reasoning_tokens=usage.reasoning_tokens if usage else 0,
+        total_tokens=usage.total_tokens if usage else 0,
+        latency_ms=log["latency_ms"],
+        ttft_ms=log["ttft_ms"],
+        request_user=ex.user,
+        metadata=ex.metadata,
+        response_id=ex.outcome.response_id if ex.outcome is not None else None,
+    )
+
+
+def _end(ex: Exchange) -> str:
+    if ex.status == 429:
+        return "rejected"
+    if ex.client_disconnected:
+        return "client_disconnected"
+    if ex.outcome is not None and ex.outcome.status in ("completed", "incomplete", "failed"):
+        return ex.outcome.status
+    if ex.status >= 400 or ex.stream_error is not None:
+        return "error"
+    return "completed"
+
+
+class Ledger:
+    """The queue of records not yet in Redis, and the task that writes them."""
+
+    def __init__(
+        self, store: RedisStore, keys: RedisKeys, settings: LedgerSettings, log: Any
+    ) -> None:
+        self._store, self._keys, self._settings, self._log = store, keys, settings, log
+        self._script = store.script("ledger_append")
+        self._queue: deque[UsageRecord] = deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self.written = 0
+        self.dropped = 0
+
+    @property
+    def backlog(self) -> int:
+        """Records waiting to be written."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+
+    def record(self, record: UsageRecord) -> None:
+        """Queue a record; never waits, never fails."""
+        if len(self._queue) >= self._settings.buffer_records:
+            lost = self._queue.popleft()
+            self.dropped += 1
+            self._log.error(
+                "ledger_record_dropped",
+                request_id=lost.request_id,
+                user=lost.user,
+                total_tokens=lost.total_tokens,
+                backlog=len(self._queue),
+            )
+        self._queue.append(record)
+        self._wake.set()
+
+    async def close(self, deadline: float = 10.0) -> None:
+        """Stop the writer and write out what is queued, for at most `deadline` seconds."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        until = time.monotonic() + deadline
+        while self._queue and time.monotonic() < until:
+            if not await self._write_batch():
+                await asyncio.sleep(0.2)
+        if self._queue:
+            self._log.error("ledger_unwritten_at_shutdown", records=len(self._queue))
+
+    async def _write_forever(self) -> None:
+        failures = 0
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            if await self._write_batch():
+                failures = 0
+                continue
+            await asyncio.sleep(RETRY_PAUSES[min(failures, len(RETRY_PAUSES) - 1)])
+            failures += 1
+
+    async def _write_batch(self) -> bool:
+        """Write the oldest records; False (keeping them queued) when Redis cannot take them."""
+        batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+        settings = self._settings
+        retention_s = int(settings.retention_days * 86_400)
+
+        async def send(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for record in batch:
+                entry, sums = record.fields(), record.sums()
+                args: list[Any] = [settings.dedupe_seconds, retention_s * 1000]
+                args.append(retention_s + 86_400)
+                args += [len(entry) // 2, *entry, *sums]
+                keys = self._keys.ledger(record.id, record.day())
+                await self._script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute())
+
+        try:
+            await self._store.call(send, "ledger")
+        except RedisUnavailable:
+            return False
+        # Written (or found already written): only now do they leave the queue. The queue may
+        # have dropped its oldest meanwhile (full), so leave by id, not by count.
+        done = {record.id for record in batch}
+        while self._queue and self._queue[0].id in done:
+            self._queue.popleft()
+        self.written += len(batch)
+        return True

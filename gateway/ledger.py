@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any
 
 import msgspec
+from redis.exceptions import NoScriptError
 
 from .exchange import Exchange
 from .redis_keys import RedisKeys
@@ -66,28 +67,22 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
     def day(self) -> str:
         return time.strftime("%Y-%m-%d", time.gmtime(self.time))
 
-    def fields(self) -> list[str]:
-        """The stream entry: every field as text (metadata as JSON), absent ones left out."""
-        out: list[str] = []
-        for name, value in msgspec.structs.asdict(self).items():
-            if value is None:
-                continue
-            if isinstance(value, dict):
-                value = msgspec.json.encode(value).decode()
-            elif isinstance(value, bool):
-                value = "1" if value else "0"
-            out += [name, str(value)]
-        return out
-
-    def sums(self) -> list[str]:
-        """The day's aggregate increments: ``user TAB model TAB measure`` → amount."""
-        prefix = f"{self.user or '-'}\t{self.model or '-'}\t"
-        out = [prefix + "requests", "1"]
+    def sums(self) -> list[str | int]:
+        """The day's sum fields' prefix (``user TAB model TAB``), then measure, amount pairs."""
+        out: list[str | int] = [f"{self.user or '-'}\t{self.model or '-'}\t", "requests", 1]
         for measure in _MEASURES:
             amount = getattr(self, measure)
             if amount:
-                out += [prefix + measure, str(amount)]
+                out += [measure, amount]
         return out
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(record: UsageRecord) -> bytes:
+    """The stream entry's `r` field."""
+    return _encoder.encode(record)
 
 
 def record_of(ex: Exchange, wall_started: float, log: dict[str, Any]) -> UsageRecord:
@@ -181,6 +176,10 @@ class Ledger:
         if self._queue:
             self._log.error("ledger_unwritten_at_shutdown", records=len(self._queue))
 
+    async def _load_script(self) -> None:
+        with contextlib.suppress(RedisUnavailable):
+            await self._store.call(lambda r: r.script_load(self._script.script), "script_load")
+
     async def _write_forever(self) -> None:
         failures = 0
         while True:
@@ -201,19 +200,29 @@ class Ledger:
 
         async def send(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
+            head = (settings.dedupe_seconds, retention_s * 1000, retention_s + 86_400)
             for record in batch:
-                entry, sums = record.fields(), record.sums()
-                args: list[Any] = [settings.dedupe_seconds, retention_s * 1000]
-                args.append(retention_s + 86_400)
-                args += [len(entry) // 2, *entry, *sums]
                 keys = self._keys.ledger(record.id, record.day())
-                await self._script(keys=keys, args=args, client=pipe)
-            return list(await pipe.execute())
+                pipe.evalsha(self._script.sha, 3, *keys, *head, encode(record), *record.sums())
+            return list(await pipe.execute(raise_on_error=False))
 
         try:
-            await self._store.call(send, "ledger")
+            results = await self._store.call(send, "ledger")
         except RedisUnavailable:
             return False
+        if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: load, resend
+            await self._load_script()
+            return False
+        for record, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):  # the script refused it: it would forever
+                self.dropped += 1
+                self._log.error(
+                    "ledger_record_dropped",
+                    request_id=record.request_id,
+                    user=record.user,
+                    total_tokens=record.total_tokens,
+                    error=str(result)[:200],
+                )
         # Written (or found already written): only now do they leave the queue. The queue may
         # have dropped its oldest meanwhile (full), so leave by id, not by count.
         done = {record.id for record in batch}

@@ -4,11 +4,12 @@
 
 Starts the product's upstream (`gateway.mock`, no delays) twice, static (each answer replayed
 from memory in one write) and live (every event rendered and written on its own, as a real
-provider streams), a redis-server, and two gateways (one worker each) in front of both: `open`
-(authentication off) and `keyed` (an issued API key checked on every request and every quota
+provider streams), a redis-server, and three gateways (one worker each) in front of both:
+`open` (authentication off), `keyed` (an issued API key checked on every request, every quota
 enforced: requests, tokens per minute and per day, concurrency, with limits too high to
-reject). Gateways are pinned to core 0 and everything else to core 1 when `taskset` exists.
-Then for each case:
+reject; and the usage ledger written) and `no-ledger` (the same without the ledger).
+Gateways are pinned to core 0 and everything else to core 1 when `taskset` exists. Then for
+each case:
 - throughput: `wrk` (16 connections) against the upstream directly and through each gateway,
   alternating, `--rounds` times; the medians and their ratio to direct are printed;
 - added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
@@ -185,11 +186,11 @@ def gateway_configs(static_port: int, live_port: int, redis_url: str) -> dict[st
         "  - {name: bench-static, provider: static}\n"
         "  - {name: bench-live, provider: live}\n"
     )
+    keyed = common + f"redis: {{url: '{redis_url}'}}\nauth: {{admin_key: {ADMIN_KEY}}}\n"
     return {
         "open": common + "auth: {enabled: false}\n",
-        "keyed": common
-        + f"redis: {{url: '{redis_url}'}}\nauth: {{admin_key: {ADMIN_KEY}}}\n"
-        + KEYED_LIMITS,
+        "keyed": keyed + KEYED_LIMITS,
+        "no-ledger": keyed + KEYED_LIMITS + "ledger: {enabled: false}\n",
     }
 
 
@@ -226,9 +227,10 @@ def main() -> None:
         live.start(work / "live.log"),
         gateways["open"].start(work / "open.log"),
         gateways["keyed"].start(work / "keyed.log"),
+        gateways["no-ledger"].start(work / "no-ledger.log"),
     ):
         key = asyncio.run(_issue_key(gateways["keyed"].url))
-        targets = {"direct": None, "open": None, "keyed": key}
+        targets = {"direct": None, "open": None, "keyed": key, "no-ledger": key}
         print(
             f"wrk: {args.connections} connections, {args.duration}s x {args.rounds} rounds; "
             f"latency at {args.rate:.0f} requests/s, 5 s x {args.rounds}; logs in {work}\n",
@@ -240,6 +242,7 @@ def main() -> None:
                 "direct": f"{upstream.url}/v1/responses",
                 "open": f"{gateways['open'].url}/v1/responses",
                 "keyed": f"{gateways['keyed'].url}/v1/responses",
+                "no-ledger": f"{gateways['no-ledger'].url}/v1/responses",
             }
             body = _body(model, stream)
             rps: dict[str, list[float]] = {name: [] for name in targets}
@@ -261,7 +264,7 @@ def main() -> None:
     store.stop()
 
     print(
-        f"{'':27}{'target':>8}{'req/s':>10}{'vs direct':>11}"
+        f"{'':27}{'target':>10}{'req/s':>10}{'vs direct':>11}"
         f"{'added p50 ms':>14}{'added p99 ms':>14}"
     )
     for label, rps, lat in rows:
@@ -274,10 +277,10 @@ def main() -> None:
             p99 = statistics.median(_pct(gl, 0.99) - _pct(dl, 0.99) for dl, gl in pairs)
             added = "" if name == "direct" else f"{p50:14.3f}{p99:14.3f}"
             print(
-                f"{label if name == 'direct' else '':27}{name:>8}{med:10.0f}"
+                f"{label if name == 'direct' else '':27}{name:>10}{med:10.0f}"
                 f"{med / direct_rps:11.2f}{added}"
             )
-            print(f"{'':35}  runs: {[round(x) for x in rps[name]]}")
+            print(f"{'':37}  runs: {[round(x) for x in rps[name]]}")
     print(f"\nRedis commands per request (keyed, non-streaming): {trips}")
 
 

@@ -100,11 +100,13 @@ class Runtime:
         self.limiter = Limiter(
             self.store, self.redis_keys, self.settings.limits, self.fail_open, self.log
         )
-        self.ledger = Ledger(self.store, self.redis_keys, self.settings.ledger, self.log)
+        if self.settings.ledger.enabled:
+            self.ledger = Ledger(self.store, self.redis_keys, self.settings.ledger, self.log)
         self._renewing = asyncio.get_running_loop().create_task(self.limiter.renew_leases())
         if not await self.store.warm():
             self.log.warning("redis_unreachable_at_start", policy=self.settings.redis.on_failure)
-        self.ledger.start()
+        if self.ledger is not None:
+            self.ledger.start()
 
     async def _close(self) -> None:
         if self._renewing is not None:

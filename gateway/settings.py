@@ -212,6 +212,9 @@ class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class LedgerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The usage ledger: one record per request in a Redis Stream, and daily sums."""
 
+    enabled: bool = True
+    """``false`` writes no usage records (the benchmark's comparison; usage is then lost)."""
+
     retention_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     """Records older than this are trimmed from the stream; daily sums expire after it too."""
     buffer_records: Annotated[int, msgspec.Meta(ge=100)] = 100_000

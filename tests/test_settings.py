@@ -182,4 +182,5 @@ def test_benchmark_configs_load(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.yaml"
         path.write_text(text)
         settings = load_settings(path, environ={})
-        assert settings.auth.enabled == (name == "keyed")
+        assert settings.auth.enabled == (name != "open")
+        assert settings.ledger.enabled == (name != "no-ledger")

@@ -70,7 +70,8 @@ def create_app(settings: Settings, on_ready: OnReady | None = None) -> Litestar:
     async def caller_guard(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
         """/v1/models takes the same credentials as /v1/responses, as OpenAI's does."""
         if runtime.auth is not None:
-            await runtime.auth.authenticate(connection.scope)
+            identity, _ = await runtime.auth.authenticate(connection.scope)
+            connection.state.allowed_models = identity.models
 
     handlers: list[Any] = [
         asgi("/v1/responses", copy_scope=False)(responses),

@@ -356,3 +356,16 @@ def test_a_revocation_survives_an_update_read_before_it(
 class _NoLog:
     def __getattr__(self, _name: str) -> Any:
         return lambda *args, **kwargs: None
+
+
+def test_models_list_only_what_the_key_may_use(
+    replicas: list[ServerProcess], secrets_seen: list[str]
+) -> None:
+    url = replicas[0].url
+    _, key = create_key(url, secrets_seen, user="narrow-lister", models=["other"])
+    headers = {"authorization": f"Bearer {key}"}
+    listed = httpx.get(f"{url}/v1/models", headers=headers)
+    assert [m["id"] for m in listed.json()["data"]] == ["other"]
+    assert httpx.get(f"{url}/v1/models/other", headers=headers).status_code == 200
+    hidden = httpx.get(f"{url}/v1/models/scripted", headers=headers)
+    _error(hidden, 404, "model_not_found")

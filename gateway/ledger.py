@@ -17,11 +17,11 @@ from collections import deque
 from typing import Any
 
 import msgspec
-from redis.exceptions import NoScriptError
 
 from .exchange import Exchange
 from .redis_keys import RedisKeys
-from .redis_store import RedisStore, RedisUnavailable
+from .redis_store import RedisStore
+from .script_batch import ScriptBatcher, ScriptRefused
 from .settings import LedgerSettings
 
 BATCH = 256
@@ -134,6 +134,7 @@ class Ledger:
     ) -> None:
         self._store, self._keys, self._settings, self._log = store, keys, settings, log
         self._script = store.script("ledger_append")
+        self._batch = ScriptBatcher(store, "ledger", log)
         self._queue: deque[UsageRecord] = deque()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -151,15 +152,7 @@ class Ledger:
     def record(self, record: UsageRecord) -> None:
         """Queue a record; never waits, never fails."""
         if len(self._queue) >= self._settings.buffer_records:
-            lost = self._queue.popleft()
-            self.dropped += 1
-            self._log.error(
-                "ledger_record_dropped",
-                request_id=lost.request_id,
-                user=lost.user,
-                total_tokens=lost.total_tokens,
-                backlog=len(self._queue),
-            )
+            self._drop(self._queue.popleft(), backlog=len(self._queue))
         self._queue.append(record)
         self._wake.set()
 
@@ -175,10 +168,6 @@ class Ledger:
                 await asyncio.sleep(0.2)
         if self._queue:
             self._log.error("ledger_unwritten_at_shutdown", records=len(self._queue))
-
-    async def _load_script(self) -> None:
-        with contextlib.suppress(RedisUnavailable):
-            await self._store.call(lambda r: r.script_load(self._script.script), "script_load")
 
     async def _write_forever(self) -> None:
         failures = 0
@@ -197,32 +186,23 @@ class Ledger:
         batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
         settings = self._settings
         retention_s = int(settings.retention_days * 86_400)
-
-        async def send(r: Any) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            head = (settings.dedupe_seconds, retention_s * 1000, retention_s + 86_400)
-            for record in batch:
-                keys = self._keys.ledger(record.id, record.day())
-                pipe.evalsha(self._script.sha, 3, *keys, *head, encode(record), *record.sums())
-            return list(await pipe.execute(raise_on_error=False))
-
-        try:
-            results = await self._store.call(send, "ledger")
-        except RedisUnavailable:
-            return False
-        if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: load, resend
-            await self._load_script()
-            return False
-        for record, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):  # the script refused it: it would forever
-                self.dropped += 1
-                self._log.error(
-                    "ledger_record_dropped",
-                    request_id=record.request_id,
-                    user=record.user,
-                    total_tokens=record.total_tokens,
-                    error=str(result)[:200],
+        head = (settings.dedupe_seconds, retention_s * 1000, retention_s + 86_400)
+        results = await asyncio.gather(
+            *(
+                self._batch.run(
+                    self._script,
+                    self._keys.ledger(record.id, record.day()),
+                    [*head, encode(record), *record.sums()],
                 )
+                for record in batch
+            ),
+            return_exceptions=True,
+        )
+        for record, result in zip(batch, results, strict=True):
+            if isinstance(result, ScriptRefused):  # it would be refused forever
+                self._drop(record, error=str(result)[:200])
+            elif isinstance(result, BaseException):
+                return False  # unreachable or slow: keep them all, retry (writes count once)
         # Written (or found already written): only now do they leave the queue. The queue may
         # have dropped its oldest meanwhile (full), so leave by id, not by count.
         done = {record.id for record in batch}
@@ -230,3 +210,13 @@ class Ledger:
             self._queue.popleft()
         self.written += len(batch)
         return True
+
+    def _drop(self, record: UsageRecord, **why: Any) -> None:
+        self.dropped += 1
+        self._log.error(
+            "ledger_record_dropped",
+            request_id=record.request_id,
+            user=record.user,
+            total_tokens=record.total_tokens,
+            **why,
+        )

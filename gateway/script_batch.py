@@ -17,6 +17,12 @@ from redis.exceptions import NoScriptError, ResponseError
 from .redis_store import RedisStore, RedisUnavailable
 
 Orphan = Callable[[Any], None]
+
+
+class ScriptRefused(RedisUnavailable):
+    """The script itself failed on this call (Redis is fine): sending it again fails again."""
+
+
 """Called with the result of a call whose caller stopped waiting (e.g. its client left)."""
 
 
@@ -92,7 +98,7 @@ class ScriptBatcher:
         for call, result in zip(batch, results, strict=True):
             if isinstance(result, ResponseError):  # a script error: Redis itself is fine
                 self._log.error("redis_script_error", operation=self._what, detail=str(result))
-                result = RedisUnavailable(f"{self._what}: {result}")
+                result = ScriptRefused(f"{self._what}: {result}")
                 if not call.future.done():
                     call.future.set_exception(result)
             elif not call.future.done():

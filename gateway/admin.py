@@ -236,16 +236,6 @@ def _view(record: KeyRecord) -> KeyView:
         status = "expired"
     else:
         status = "active"
-    return KeyView(
-        id=record.id,
-        user=record.user,
-        status=status,
-        created_at=record.created_at,
-        team=record.team,
-        tier=record.tier,
-        models=record.models,
-        expires_at=record.expires_at,
-        revoked_at=record.revoked_at,
-        last_used_at=record.last_used_at,
-        limits=record.limits,
-    )
+    # every field of the view but `status` is the record's own (the record's `hash` is not one)
+    shown = {name: getattr(record, name) for name in KeyView.__struct_fields__ if name != "status"}
+    return KeyView(status=status, **shown)

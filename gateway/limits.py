@@ -256,9 +256,14 @@ class Limiter:
         )
 
 
+def estimate_input_tokens(body_size: int) -> int:
+    """A generous estimate of a request body's input tokens: ~4 bytes per token."""
+    return body_size // 4 + 1
+
+
 def estimate_tokens(body: bytes, max_output_tokens: int | None, default_output: int) -> int:
-    """A generous estimate of a request's tokens: ~4 bytes per input token, plus its output."""
-    return len(body) // 4 + 1 + (max_output_tokens or default_output)
+    """A generous estimate of a request's tokens: its input, plus its output."""
+    return estimate_input_tokens(len(body)) + (max_output_tokens or default_output)
 
 
 def _rejection(scope: Scope, result: list[Any]) -> RateLimited:

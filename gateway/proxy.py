@@ -24,7 +24,7 @@ from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
 from .http1 import Response, UpstreamError
 from .ledger import Ledger, record_of
-from .limits import Admission, Limiter, estimate_tokens
+from .limits import Admission, Limiter, estimate_input_tokens, estimate_tokens
 from .request_ids import RequestIds
 from .routing import Route, Router
 from .sse import StreamTap
@@ -204,7 +204,7 @@ def _charge(ex: Exchange, admission: Admission, body_size: int) -> int:
         return 0  # nothing reached the client, or an error: the reservation is refunded
     # Broken off (client gone, upstream cut): at least what was streamed, at most the
     # reservation.
-    return min(admission.reserved, body_size // 4 + 1 + ex.output_estimate)
+    return min(admission.reserved, estimate_input_tokens(body_size) + ex.output_estimate)
 
 
 class _DisconnectWatch:
@@ -260,7 +260,6 @@ async def _relay_stream(ex: Exchange, send: Send, response: Response) -> bool:
             if ex.first_byte_at is None:
                 ex.first_byte_at = time.perf_counter()
             tap.feed(chunk)
-            ex.output_estimate = tap.frames
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except UpstreamError as exc:
         timed_out = isinstance(exc, TimeoutError)
@@ -291,6 +290,7 @@ def _record(ex: Exchange, tap: StreamTap) -> None:
     ex.first_token_at = tap.first_token_at
     ex.terminal_event = tap.terminal_event
     ex.outcome = tap.outcome
+    ex.output_estimate = tap.frames
 
 
 async def _relay_body(ex: Exchange, send: Send, response: Response, provider: str) -> None:

@@ -12,19 +12,23 @@ from litestar.types import Receive, Scope, Send
 
 from .admin import AdminController, admin_guard
 from .errors import GatewayError, InternalError, ServiceUnavailable, error_body
-from .health import healthz, readyz
+from .health import healthz, metrics, readyz
 from .models_api import ModelList, ModelsController, model_list
 from .redis_store import RedisUnavailable
 from .runtime import OnReady, Runtime
 from .settings import Settings
 
 
-def create_app(settings: Settings, on_ready: OnReady | None = None) -> Litestar:
+def create_app(
+    settings: Settings, on_ready: OnReady | None = None, metrics_dir: str | None = None
+) -> Litestar:
     """Build a gateway serving `settings`; its lifespan opens and closes what it needs.
 
     `on_ready(runtime)` is awaited once everything is open, before the first request.
+    `metrics_dir`: where the worker processes of one server share their metrics (several
+    workers); None keeps them in this process.
     """
-    runtime = Runtime(settings, on_ready)
+    runtime = Runtime(settings, on_ready, metrics_dir)
     models = model_list(settings)
 
     async def responses(scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,6 +83,8 @@ def create_app(settings: Settings, on_ready: OnReady | None = None) -> Litestar:
         healthz,
         readyz,
     ]
+    if settings.metrics.enabled:
+        handlers.append(metrics)
     if settings.auth.enabled and settings.auth.admin_key:
         handlers.append(
             type("Admin", (AdminController,), {"guards": [admin_guard(settings.auth.admin_key)]})

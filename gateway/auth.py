@@ -23,6 +23,7 @@ from litestar.types import Scope
 from .apikeys import KeyHasher, KeyRecord, KeyStore, key_id_of
 from .body import header
 from .errors import AuthenticationFailed, InvalidRequest, ServiceUnavailable
+from .metrics import Metrics
 from .redis_store import RedisUnavailable
 from .settings import AuthSettings, LimitSettings
 from .sso import JwtVerifier, SsoRejected, looks_like_jwt
@@ -68,8 +69,12 @@ class Authenticator:
         keystore: KeyStore | None,
         fail_open: bool,
         log: Any,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
+        policy = "fail_open" if fail_open else "fail_closed"
+        self._served = metrics.policy("auth", policy, "served")
+        self._refused = metrics.policy("auth", policy, "refused")
         self._hasher = KeyHasher(settings.pepper)
         self._keystore = keystore
         self._fail_open = fail_open
@@ -138,8 +143,10 @@ class Authenticator:
         except RedisUnavailable:
             if self._fail_open and cached is not None and now < cached.stale_until:
                 self.policy_uses += 1
+                self._served.inc()
                 self._log.warning("auth_policy_used", policy="fail_open", key_id=key_id)
                 return cached.identity, True
+            self._refused.inc()  # fail_closed, or fail_open with nothing to go by
             raise ServiceUnavailable(
                 "The gateway cannot check credentials right now; retry shortly.",
                 code="auth_unavailable",

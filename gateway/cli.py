@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import uvicorn
+from litestar import Litestar
 
 from .app import create_app
 from .keys_cli import add_keys_commands, run_keys_command
 from .logging import configure_logging
+from .metrics import MULTIPROC_ENV
 from .runtime import Runtime
 from .settings import EMBEDDED, ConfigError, Settings, load_settings, settings_from_dict
 
 QUICKSTART_MODEL = "mock-gpt"
+CONFIG_ENV = "GATEWAY_CONFIG"
+"""How `gateway serve` tells its worker processes which configuration to load."""
 
 
 def quickstart_settings(admin_key: str) -> Settings:
@@ -95,6 +104,12 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     url = _url(host, port)
+    workers = args.workers or settings.server.workers
+    if workers > 1:
+        if quickstart:
+            print("gateway: --workers needs --config with a shared redis.url", file=sys.stderr)
+            return 2
+        return _serve_workers(args.config, settings, host, port, workers, url)
     configure_logging(settings.logging)
 
     async def ready(runtime: Runtime) -> None:
@@ -108,15 +123,52 @@ def _serve(args: argparse.Namespace) -> int:
         create_app(settings, on_ready=ready),
         host=host,
         port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,  # the canonical request line replaces it
-        log_config=None,
-        proxy_headers=False,  # client addresses are not used; spare the middleware
-        server_header=False,
-        timeout_graceful_shutdown=30,
+        **_UVICORN,
     )
     return 0
+
+
+_UVICORN: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "access_log": False,  # the canonical request line replaces it
+    "log_config": None,
+    "proxy_headers": False,  # client addresses are not used; spare the middleware
+    "server_header": False,
+    "timeout_graceful_shutdown": 30,
+}
+
+
+def _serve_workers(
+    config: str, settings: Settings, host: str, port: int, workers: int, url: str
+) -> int:
+    """Several worker processes on one socket, under uvicorn's supervisor (which restarts a
+    worker that dies). Each worker loads the configuration again (`worker_app`); their
+    metrics meet in one directory, so that any worker's /metrics counts them all."""
+    configured = settings.metrics.multiproc_dir
+    metrics_dir = configured or tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.makedirs(metrics_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):  # a previous run's values
+        os.remove(stale)
+    os.environ[CONFIG_ENV] = str(Path(config).resolve())
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    print(f"LLM gateway on {url} with {workers} workers (config: {config})", file=sys.stderr)
+    try:
+        uvicorn.run(
+            "gateway.cli:worker_app", factory=True, workers=workers, host=host, port=port,
+            **_UVICORN,
+        )  # fmt: skip
+    finally:
+        if configured is None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def worker_app() -> Litestar:
+    """The app of one worker process (uvicorn's factory, with several workers)."""
+    settings = load_settings(os.environ[CONFIG_ENV])
+    configure_logging(settings.logging)
+    return create_app(settings, metrics_dir=os.environ[MULTIPROC_ENV])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--config", help="YAML configuration file (default: built-in quickstart)")
     serve.add_argument("--host", help="interface to bind (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default: server.port, 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
     add_keys_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":

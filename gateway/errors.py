@@ -133,9 +133,15 @@ class RateLimited(GatewayError):
         type_: str = "requests",
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        limit: str = "",
+        scope: str = "",
     ) -> None:
         super().__init__(message, code=code, headers=headers)
         self.type = type_
+        self.limit = limit
+        """The limit reached, named as in the configuration (``requests_per_minute``...)."""
+        self.scope = scope
+        """Whose limit: ``user``, ``key`` or ``model``."""
 
 
 class InternalError(GatewayError):

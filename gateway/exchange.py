@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +41,36 @@ class Exchange:
     ratelimit_headers: list[tuple[bytes, bytes]] | None = None
     output_estimate: int = 0
     """Output tokens seen so far when usage is unknown (stream frames, body size / 4)."""
+    rate_limit: tuple[str, str] | None = None
+    """The limit and scope kind of a 429."""
 
-    def log_fields(self) -> dict[str, Any]:
-        """The canonical log line's fields (never a credential: none is kept here)."""
-        now = time.perf_counter()
+    def end(self) -> str:
+        """How the request ended: completed, incomplete, failed (as the response says),
+        rejected (429), client_disconnected or error."""
+        if self.status == 429:
+            return "rejected"
+        if self.client_disconnected:
+            return "client_disconnected"
+        outcome = self.outcome
+        if outcome is not None and outcome.status in ("completed", "incomplete", "failed"):
+            return outcome.status
+        if self.status >= 400 or self.stream_error is not None:
+            return "error"
+        return "completed"
+
+    def upstream_error(self) -> str | None:
+        """What went wrong upstream, if anything did (a client's mistake is not counted)."""
+        if self.stream_error is not None:
+            return self.stream_error
+        if self.error_code in _UPSTREAM_CODES:
+            return self.error_code
+        if self.upstream_status is not None and self.upstream_status >= 500:
+            return f"http_{self.upstream_status}"
+        return None
+
+    def log_fields(self, now: float) -> dict[str, Any]:
+        """The canonical log line's fields (never a credential: none is kept here); `now`:
+        `perf_counter()` when the answer ended."""
         usage = self.outcome.usage if self.outcome else None
         return {
             "request_id": self.request_id,
@@ -77,6 +102,11 @@ class Exchange:
             "metadata": self.metadata,
             "client_disconnected": self.client_disconnected,
         }
+
+
+_UPSTREAM_CODES = frozenset(
+    ("upstream_error", "upstream_timeout", "upstream_unavailable", "upstream_auth_failed")
+)
 
 
 def _ms(start: float, end: float | None) -> float | None:

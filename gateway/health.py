@@ -1,4 +1,4 @@
-"""Probes: /healthz (the process is alive) and /readyz (it should get traffic)."""
+"""Probes: /healthz (the process is alive), /readyz (it should get traffic); /metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Response, get
 
+from .metrics import CONTENT_TYPE
 from .runtime import Runtime
 
 
@@ -24,3 +25,10 @@ async def readyz(runtime: Runtime) -> Response[dict[str, Any]]:
     """
     report = await runtime.readiness()
     return Response(report, status_code=200 if report["ready"] else 503)
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics(runtime: Runtime) -> Response[bytes]:
+    """Prometheus text exposition: every worker's values when there are several."""
+    runtime.refresh_gauges()
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from .exchange import Exchange
+from .metrics import Metrics
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore
 from .script_batch import ScriptBatcher, ScriptRefused
@@ -68,8 +69,11 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
         return time.strftime("%Y-%m-%d", time.gmtime(self.time))
 
     def sums(self) -> list[str | int]:
-        """The day's sum fields' prefix (``user TAB model TAB``), then measure, amount pairs."""
-        out: list[str | int] = [f"{self.user or '-'}\t{self.model or '-'}\t", "requests", 1]
+        """The prefixes of the day's sum fields (``user TAB model TAB``) and of the user's
+        month sum fields (``day TAB model TAB``), then measure, amount pairs."""
+        model = self.model or "-"
+        out: list[str | int] = [f"{self.user or '-'}\t{model}\t", f"{self.day()}\t{model}\t"]
+        out += ["requests", 1]
         for measure in _MEASURES:
             amount = getattr(self, measure)
             if amount:
@@ -92,7 +96,7 @@ def record_of(ex: Exchange, wall_started: float, log: dict[str, Any]) -> UsageRe
         id=os.urandom(10).hex(),
         request_id=ex.request_id,
         time=round(wall_started, 3),
-        end=_end(ex),
+        end=ex.end(),
         status=ex.status,
         stream=ex.stream,
         user=ex.caller,
@@ -114,25 +118,19 @@ def record_of(ex: Exchange, wall_started: float, log: dict[str, Any]) -> UsageRe
     )
 
 
-def _end(ex: Exchange) -> str:
-    if ex.status == 429:
-        return "rejected"
-    if ex.client_disconnected:
-        return "client_disconnected"
-    if ex.outcome is not None and ex.outcome.status in ("completed", "incomplete", "failed"):
-        return ex.outcome.status
-    if ex.status >= 400 or ex.stream_error is not None:
-        return "error"
-    return "completed"
-
-
 class Ledger:
     """The queue of records not yet in Redis, and the task that writes them."""
 
     def __init__(
-        self, store: RedisStore, keys: RedisKeys, settings: LedgerSettings, log: Any
+        self,
+        store: RedisStore,
+        keys: RedisKeys,
+        settings: LedgerSettings,
+        log: Any,
+        metrics: Metrics,
     ) -> None:
         self._store, self._keys, self._settings, self._log = store, keys, settings, log
+        self._metrics = metrics
         self._script = store.script("ledger_append")
         self._batch = ScriptBatcher(store, "ledger", log)
         self._queue: deque[UsageRecord] = deque()
@@ -175,7 +173,9 @@ class Ledger:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            if await self._write_batch():
+            written = await self._write_batch()
+            self._metrics.ledger_backlog.set(len(self._queue))
+            if written:
                 failures = 0
                 continue
             await asyncio.sleep(RETRY_PAUSES[min(failures, len(RETRY_PAUSES) - 1)])
@@ -191,7 +191,7 @@ class Ledger:
             *(
                 self._batch.run(
                     self._script,
-                    self._keys.ledger(record.id, record.day()),
+                    self._keys.ledger(record.id, record.day(), record.user or "-"),
                     [*head, encode(record), *record.sums()],
                 )
                 for record in batch
@@ -209,10 +209,12 @@ class Ledger:
         while self._queue and self._queue[0].id in done:
             self._queue.popleft()
         self.written += len(batch)
+        self._metrics.ledger_written.inc(len(batch))
         return True
 
     def _drop(self, record: UsageRecord, **why: Any) -> None:
         self.dropped += 1
+        self._metrics.ledger_dropped.inc()
         self._log.error(
             "ledger_record_dropped",
             request_id=record.request_id,

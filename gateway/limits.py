@@ -24,6 +24,7 @@ from typing import Any
 
 from .auth import Identity
 from .errors import RateLimited, ServiceUnavailable
+from .metrics import Metrics
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore, RedisUnavailable
 from .script_batch import ScriptBatcher
@@ -38,6 +39,12 @@ _LIMIT_NAMES = {
     "tokens": "tokens per minute (TPM)",
     "tokens_per_day": "tokens per day (TPD)",
     "concurrency": "concurrent requests",
+}
+_LIMIT_SETTINGS = {  # the names the configuration gives them
+    "requests": "requests_per_minute",
+    "tokens": "tokens_per_minute",
+    "tokens_per_day": "tokens_per_day",
+    "concurrency": "concurrent_requests",
 }
 
 
@@ -96,8 +103,14 @@ class Limiter:
         settings: LimitsSettings,
         fail_open: bool,
         log: Any,
+        metrics: Metrics,
     ) -> None:
         self._store, self._keys, self._settings = store, keys, settings
+        self._policy = (
+            metrics.policy("limits", "fail_open", "served")
+            if fail_open
+            else metrics.policy("limits", "fail_closed", "refused")
+        )
         self._fail_open = fail_open
         self._log = log
         self._admit = store.script("admit")
@@ -245,6 +258,7 @@ class Limiter:
     def apply_policy(self, identity: Identity) -> None:
         """Redis cannot be asked: forward without a quota (fail_open) or answer 503."""
         self.policy_uses += 1
+        self._policy.inc()
         policy = "fail_open" if self._fail_open else "fail_closed"
         self._log.warning("ratelimit_policy_used", policy=policy, user=identity.user)
         if self._fail_open:
@@ -283,6 +297,8 @@ def _rejection(scope: Scope, result: list[Any]) -> RateLimited:
         type_="insufficient_quota" if daily else ("tokens" if limit == "tokens" else "requests"),
         code="insufficient_quota" if daily else "rate_limit_exceeded",
         headers=headers,
+        limit=_LIMIT_SETTINGS[limit],
+        scope=scope.name.split(":", 1)[0],  # user, key or model: not which one
     )
 
 

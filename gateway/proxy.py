@@ -19,12 +19,20 @@ from litestar.types import Receive, Scope, Send
 
 from .auth import Authenticator, Identity
 from .body import ClientGone, check_json_media_type, read_body
-from .errors import BadGateway, GatewayError, MethodNotAllowed, PermissionDenied, error_body
+from .errors import (
+    BadGateway,
+    GatewayError,
+    MethodNotAllowed,
+    PermissionDenied,
+    RateLimited,
+    error_body,
+)
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
 from .http1 import Response, UpstreamError
 from .ledger import Ledger, record_of
 from .limits import Admission, Limiter, estimate_input_tokens, estimate_tokens
+from .metrics import Metrics
 from .request_ids import RequestIds
 from .routing import Route, Router
 from .sse import StreamTap
@@ -65,6 +73,7 @@ class ResponsesEndpoint:
         auth: Authenticator | None = None,
         limiter: Limiter | None = None,
         ledger: Ledger | None = None,
+        metrics: Metrics | None = None,
         default_output_tokens: int = 4096,
     ) -> None:
         self._router = router
@@ -75,6 +84,7 @@ class ResponsesEndpoint:
         self._auth = auth
         self._limiter = limiter
         self._ledger = ledger
+        self._metrics = metrics
         self._default_output = default_output_tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,13 +96,18 @@ class ResponsesEndpoint:
             await self._handle(ex, scope, receive, send)
         except GatewayError as exc:
             ex.error_code = exc.code
+            if isinstance(exc, RateLimited):
+                ex.rate_limit = (exc.limit, exc.scope)
             if not ex.response_started:
                 await _send_error(send, ex, exc)
         except ClientGone:
             ex.client_disconnected = True
         finally:
-            fields = ex.log_fields()
+            ended = time.perf_counter()
+            fields = ex.log_fields(ended)
             self._log.info("request", **fields)
+            if self._metrics is not None:
+                self._metrics.observe(ex, ended)
             if self._ledger is not None and ex.caller is not None:
                 self._ledger.record(record_of(ex, arrived, fields))
 
@@ -174,7 +189,15 @@ class ResponsesEndpoint:
                 )
             content_type = response.header(b"content-type") or b""
             if response.status == 200 and content_type.startswith(_SSE):
-                finished = await _relay_stream(ex, send, response)
+                if self._metrics is None:
+                    finished = await _relay_stream(ex, send, response)
+                else:
+                    in_flight = self._metrics.streams(ex.model)
+                    in_flight.inc()
+                    try:
+                        finished = await _relay_stream(ex, send, response)
+                    finally:
+                        in_flight.dec()
             else:
                 ex.first_byte_at = time.perf_counter()  # headers and body come together
                 await _relay_body(ex, send, response, route.provider)

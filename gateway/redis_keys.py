@@ -18,6 +18,7 @@ key                                    type     holds
 ``gw:{ledger}:stream``                 stream   one usage record per request
 ``gw:{ledger}:seen:<record id>``       string   a record already written (idempotency)
 ``gw:{ledger}:day:<YYYY-MM-DD>``       hash     the day's sums by user and model
+``gw:{ledger}:user:<user tag>:<YYYY-MM>``  hash  a user's sums of the month, by day and model
 =====================================  =======  ===========================================
 
 The user tag is a digest of the user id: user ids come from identity providers and may hold
@@ -50,8 +51,7 @@ class RedisKeys:
 
     def user_tag(self, user: str) -> str:
         """The hash tag shared by every limiter key of `user`."""
-        digest = hashlib.blake2b(user.encode(), digest_size=10).hexdigest()
-        return f"{{u:{digest}}}"
+        return f"{{u:{_digest(user)}}}"
 
     def user_override(self, user: str) -> str:
         """Admin overrides of `user`'s limits."""
@@ -65,10 +65,16 @@ class RedisKeys:
         """The keys every limiter script of `user` starts with: override, pending."""
         return [self.user_override(user), self.pending(user)]
 
-    def ledger(self, record_id: str, day: str) -> list[str]:
-        """The keys `lua/ledger_append.lua` takes for one record of `day` (``YYYY-MM-DD``)."""
+    def ledger(self, record_id: str, day: str, user: str) -> list[str]:
+        """The keys `lua/ledger_append.lua` takes for one record of `user` on `day`
+        (``YYYY-MM-DD``)."""
         base = f"{self._prefix}:{{ledger}}"
-        return [f"{base}:stream", f"{base}:seen:{record_id}", f"{base}:day:{day}"]
+        return [
+            f"{base}:stream",
+            f"{base}:seen:{record_id}",
+            f"{base}:day:{day}",
+            self.ledger_user_month(user, day[:7]),
+        ]
 
     def ledger_stream(self) -> str:
         """The usage ledger."""
@@ -78,7 +84,15 @@ class RedisKeys:
         """Sums of `day` (``YYYY-MM-DD``): fields ``user TAB model TAB measure``."""
         return f"{self._prefix}:{{ledger}}:day:{day}"
 
+    def ledger_user_month(self, user: str, month: str) -> str:
+        """`user`'s sums of `month` (``YYYY-MM``): fields ``YYYY-MM-DD TAB model TAB measure``."""
+        return f"{self._prefix}:{{ledger}}:user:{_digest(user)}:{month}"
+
     def scope(self, user: str, scope: str) -> tuple[str, ...]:
         """The keys of one limiter scope of `user`, in `LIMITER_SUFFIXES` order."""
         base = f"{self._prefix}:rl:{self.user_tag(user)}:{scope}"
         return tuple(f"{base}:{suffix}" for suffix in LIMITER_SUFFIXES)
+
+
+def _digest(user: str) -> str:
+    return hashlib.blake2b(user.encode(), digest_size=10).hexdigest()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .metrics import Metrics
 from .settings import RedisSettings
 
 T = TypeVar("T")
@@ -78,9 +79,10 @@ class Breaker:
 class RedisStore:
     """The Redis client, its scripts and its health."""
 
-    def __init__(self, settings: RedisSettings, url: str, log: Any) -> None:
+    def __init__(self, settings: RedisSettings, url: str, log: Any, metrics: Metrics) -> None:
         self._settings = settings
         self._log = log
+        self._errors = metrics.redis_errors
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
         # A bounded pool that makes callers wait for a free connection: a burst then reuses a
         # few warm connections instead of opening hundreds at once.
@@ -123,6 +125,7 @@ class RedisStore:
         """Run `operation` with the client, within the timeout; `RedisUnavailable` if not."""
         if not self.breaker.allow():
             self.failures += 1
+            self._errors(what).inc()
             raise RedisUnavailable("the circuit breaker is open", maybe_ran=False)
         try:
             async with asyncio.timeout(self._settings.timeout):
@@ -132,6 +135,7 @@ class RedisStore:
                 self.breaker.release_probe()  # cancelled: not a verdict on Redis
                 raise
             self.failures += 1
+            self._errors(what).inc()
             opened = self.breaker.failure()
             self._log.warning(
                 "redis_error",

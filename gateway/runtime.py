@@ -21,6 +21,7 @@ from .embedded_redis import EmbeddedRedis
 from .errors import ServiceUnavailable
 from .ledger import Ledger
 from .limits import Limiter
+from .metrics import Metrics
 from .proxy import ResponsesEndpoint
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore
@@ -35,8 +36,11 @@ OnReady = Callable[["Runtime"], Any]
 class Runtime:
     """Everything a running gateway holds open."""
 
-    def __init__(self, settings: Settings, on_ready: OnReady | None = None) -> None:
+    def __init__(
+        self, settings: Settings, on_ready: OnReady | None = None, metrics_dir: str | None = None
+    ) -> None:
         self.settings = settings
+        self.metrics = Metrics(metrics_dir)
         self.ready = False
         self.log = structlog.get_logger("gateway")
         self.ids = RequestIds()
@@ -75,6 +79,7 @@ class Runtime:
                 auth=self.auth,
                 limiter=self.limiter,
                 ledger=self.ledger,
+                metrics=self.metrics if self.settings.metrics.enabled else None,
                 default_output_tokens=self.settings.limits.default_output_tokens,
             )
             if self._on_ready is not None:
@@ -93,15 +98,24 @@ class Runtime:
             self._redis_server = EmbeddedRedis()
             url = await self._redis_server.start()
             self.log.info("embedded_redis_started", url=url)
-        self.store = RedisStore(self.settings.redis, url, self.log)
+        self.store = RedisStore(self.settings.redis, url, self.log, self.metrics)
         self.keystore = KeyStore(self.store, self.redis_keys, KeyHasher(self.settings.auth.pepper))
-        self.auth = Authenticator(self.settings.auth, self.keystore, self.fail_open, self.log)
+        self.auth = Authenticator(
+            self.settings.auth, self.keystore, self.fail_open, self.log, self.metrics
+        )
         await self.auth.open()
         self.limiter = Limiter(
-            self.store, self.redis_keys, self.settings.limits, self.fail_open, self.log
+            self.store,
+            self.redis_keys,
+            self.settings.limits,
+            self.fail_open,
+            self.log,
+            self.metrics,
         )
         if self.settings.ledger.enabled:
-            self.ledger = Ledger(self.store, self.redis_keys, self.settings.ledger, self.log)
+            self.ledger = Ledger(
+                self.store, self.redis_keys, self.settings.ledger, self.log, self.metrics
+            )
         self._renewing = asyncio.get_running_loop().create_task(self.limiter.renew_leases())
         if not await self.store.warm():
             self.log.warning("redis_unreachable_at_start", policy=self.settings.redis.on_failure)
@@ -146,6 +160,11 @@ class Runtime:
             "ledger_dropped": self.ledger.dropped if self.ledger else 0,
         }
         return report
+
+    def refresh_gauges(self) -> None:
+        """Set the gauges only a scrape needs to be exact (this worker's share)."""
+        if self.ledger is not None:
+            self.metrics.ledger_backlog.set(self.ledger.backlog)
 
     @property
     def policy_uses(self) -> int:

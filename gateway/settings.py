@@ -86,6 +86,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """TCP port; ``--port`` overrides it."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 10 * 1024 * 1024
     """Largest request body accepted, with or without ``Content-Length`` (413 beyond)."""
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    """Worker processes sharing the port (uvicorn's supervisor); one per core is the usual
+    choice. ``--workers`` overrides it. More than one needs a shared ``redis.url``."""
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -224,6 +227,16 @@ class LedgerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How long a written record's id is remembered, so that a retried write counts once."""
 
 
+class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Prometheus ``GET /metrics``."""
+
+    enabled: bool = True
+    """``false`` serves no ``/metrics`` and counts nothing (the benchmark's comparison)."""
+    multiproc_dir: str | None = None
+    """With several workers: the directory where each worker keeps its values for the others
+    (emptied at start). Default: a new directory under ``$TMPDIR``, removed at exit."""
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the gateway reads from its configuration file."""
 
@@ -235,6 +248,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     ledger: LedgerSettings = LedgerSettings()
+    metrics: MetricsSettings = MetricsSettings()
     source: str = "<built-in>"
     """Where these settings came from, for messages."""
 
@@ -356,6 +370,12 @@ def _check_auth(settings: Settings, source: str) -> None:
         raise ConfigError(
             f"{source}: redis.url: expected a redis://, rediss:// or unix:// URL or "
             f"`{EMBEDDED}`, got `{_redact_url(url)}`"
+        )
+    elif url == EMBEDDED and settings.server.workers > 1:
+        raise ConfigError(
+            f"{source}: server.workers: expected 1 with redis.url `{EMBEDDED}` (each worker "
+            f"would start a Redis of its own and keep quotas apart), got "
+            f"{settings.server.workers}; give a shared redis.url for several workers"
         )
 
 

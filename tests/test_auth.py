@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 from gateway.apikeys import KeyHasher, KeyRecord, KeyStore
+from gateway.metrics import Metrics
 from gateway.redis_keys import RedisKeys
 from gateway.redis_store import RedisStore
 from gateway.settings import RedisSettings
@@ -333,7 +334,8 @@ def test_a_revocation_survives_an_update_read_before_it(
     and writes it back after; the key must stay revoked."""
 
     async def race() -> KeyRecord | None:
-        store = RedisStore(RedisSettings(url=redis_server.url), redis_server.url, _NoLog())
+        settings = RedisSettings(url=redis_server.url)
+        store = RedisStore(settings, redis_server.url, _NoLog(), Metrics())
         keys = KeyStore(store, RedisKeys(), KeyHasher(None))
         try:
             record, key = await keys.create("raced")

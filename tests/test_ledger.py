@@ -127,6 +127,10 @@ def test_daily_sums_equal_the_records(
     for measure in (*MEASURES, "total_tokens"):
         assert mine.get(measure, 0) == sum(r.get(measure, 0) for r in records)
     assert client.ttl(RedisKeys().ledger_day(day)) > 30 * 86_400
+    month_key = RedisKeys().ledger_user_month(user, day[:7])
+    month: dict[str, str] = client.hgetall(month_key)  # type: ignore[assignment]
+    assert {k.split("\t")[2]: int(v) for k, v in month.items()} == mine
+    assert {k.split("\t")[:2] == [day, "mock-gpt"] for k in month} == {True}
 
 
 def test_a_retried_write_counts_once(redis_server: RedisServer) -> None:
@@ -139,11 +143,12 @@ def test_a_retried_write_counts_once(redis_server: RedisServer) -> None:
         id=uuid.uuid4().hex, request_id="req-1", time=time.time(), end="completed", status=200,
         stream=False, user=f"once-{uuid.uuid4().hex[:8]}", model="m", total_tokens=42,
     )  # fmt: skip
-    keys = RedisKeys().ledger(record.id, record.day())
+    keys = RedisKeys().ledger(record.id, record.day(), record.user or "-")
     args: list[Any] = [86_400, 30 * 86_400_000, 31 * 86_400, encode(record), *record.sums()]
     assert [script(keys=keys, args=args) for _ in range(3)] == [1, 0, 0]
     assert len(_records(client, record.user or "")) == 1
     assert client.hget(keys[2], f"{record.user}\tm\ttotal_tokens") == "42"
+    assert client.hget(keys[3], f"{record.day()}\tm\ttotal_tokens") == "42"
     assert client.ttl(keys[1]) > 0
 
 

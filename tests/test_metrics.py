@@ -1,0 +1,235 @@
+"""`GET /metrics` of a gateway running two worker processes, read with prometheus_client's own
+parser after known traffic: every worker's requests are counted, whichever worker answers the
+scrape."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import GatewayFactory, eventually
+from tests.support.admin import create_key
+from tests.support.procs import ServerProcess
+from tests.support.redis_server import RedisServer
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _config(redis_url: str, mock: str, metrics_dir: Path, policy: str) -> dict[str, Any]:
+    return {
+        "providers": {
+            "mock": {"base_url": mock + "/v1", "api_key": "${PROVIDER_KEY}"},
+            "nowhere": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"},
+        },
+        "models": [
+            {"name": "mock-gpt", "provider": "mock"},
+            {"name": "nowhere", "provider": "nowhere"},
+        ],
+        "server": {"workers": 2},
+        "metrics": {"multiproc_dir": str(metrics_dir)},
+        "redis": {"url": redis_url, "on_failure": policy, "breaker_cooldown": 0.3},
+        "auth": {"admin_key": "${ADMIN_KEY}"},
+        "limits": {
+            "tiers": {
+                "default": {"requests_per_minute": 10_000},
+                "tight": {"requests_per_minute": 2},
+            }
+        },
+    }
+
+
+def _samples(text: str) -> Samples:
+    """Every sample of an exposition, by name and labels."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when there is none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and wanted <= lab)
+
+
+def _scrape(url: str) -> Samples:
+    response = httpx.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return _samples(response.text)
+
+
+def _per_worker(metrics_dir: Path, tmp: Path) -> dict[int, Samples]:
+    """Each worker's own counters, read from its file alone."""
+    out: dict[int, Samples] = {}
+    for file in metrics_dir.glob("counter_*.db"):
+        pid = int(file.stem.rsplit("_", 1)[1])
+        alone = tmp / str(pid)
+        alone.mkdir()
+        shutil.copy(file, alone / file.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
+        out[pid] = _samples(generate_latest(registry).decode())
+    return out
+
+
+def _post(url: str, key: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    sent = {"authorization": f"Bearer {key}", **headers}
+    return httpx.post(f"{url}/v1/responses", json=body, headers=sent, timeout=15)
+
+
+def _stream_usage(url: str, key: str) -> dict[str, int]:
+    """Stream one answer; the usage of its `response.completed` event."""
+    body = {"model": "mock-gpt", "input": "stream please", "stream": True}
+    response = _post(url, key, body)
+    assert response.status_code == 200
+    for line in response.text.splitlines():
+        if line.startswith("data: ") and '"response.completed"' in line:
+            return dict(json.loads(line[6:])["response"]["usage"])
+    raise AssertionError("no response.completed event")
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    mock_upstream: ServerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[ServerProcess, Path]:
+    metrics_dir = tmp_path_factory.mktemp("metrics")
+    config = _config(redis_server.url, mock_upstream.url, metrics_dir, "fail_closed")
+    return gateway_factory(config), metrics_dir
+
+
+def test_metrics_count_every_workers_traffic(
+    two_workers: tuple[ServerProcess, Path], secrets_seen: list[str], tmp_path: Path
+) -> None:
+    gateway, metrics_dir = two_workers
+    _, key = create_key(gateway.url, secrets_seen, user=f"metrics-{uuid.uuid4().hex[:8]}")
+    _, tight = create_key(
+        gateway.url, secrets_seen, user=f"tight-{uuid.uuid4().hex[:8]}", tier="tight"
+    )
+    plain = {"model": "mock-gpt", "input": "count my tokens"}
+    with ThreadPoolExecutor(16) as pool:  # concurrent connections: both workers take some
+        answers = list(pool.map(lambda _: _post(gateway.url, key, plain), range(40)))
+        streamed = list(pool.map(lambda _: _stream_usage(gateway.url, key), range(12)))
+    assert all(a.status_code == 200 for a in answers)
+    usages = [a.json()["usage"] for a in answers] + streamed
+    limited = [_post(gateway.url, tight, plain) for _ in range(5)]
+    assert [r.status_code for r in limited] == [200, 200, 429, 429, 429]
+    usages += [r.json()["usage"] for r in limited[:2]]
+    unreachable = [_post(gateway.url, key, {"model": "nowhere", "input": "x"}) for _ in range(2)]
+    assert [r.status_code for r in unreachable] == [502, 502]
+    assert _post(gateway.url, key, {"model": "made-up-model", "input": "x"}).status_code == 404
+    total = 40 + 12 + 5 + 2 + 1
+
+    def counted() -> bool:
+        return _value(_scrape(gateway.url), "gateway_requests_total") == total
+
+    eventually(counted)  # the count is taken once the answer is sent
+    for _ in range(4):  # whichever worker answers the scrape, the figures are the same
+        s = _scrape(gateway.url)
+        ok = {"gen_ai_request_model": "mock-gpt", "gen_ai_provider_name": "mock"}
+        assert _value(s, "gateway_requests_total", **ok, http_response_status_code="200") == 54
+        assert _value(s, "gateway_requests_total", **ok, outcome="rejected") == 3
+        assert _value(
+            s, "gateway_requests_total", gen_ai_provider_name="nowhere", outcome="error"
+        ) == 2  # fmt: skip
+        assert _value(
+            s, "gateway_requests_total", gen_ai_request_model="-", http_response_status_code="404"
+        ) == 1  # fmt: skip
+        assert _value(s, "gen_ai_server_request_duration_seconds_count") == total
+        for kind in ("input", "output"):
+            expected = sum(u[f"{kind}_tokens"] for u in usages)
+            assert _value(s, "gateway_tokens_total", **ok, gen_ai_token_type=kind) == expected
+            assert _value(s, "gen_ai_client_token_usage_sum", gen_ai_token_type=kind) == expected
+            assert _value(s, "gen_ai_client_token_usage_count", gen_ai_token_type=kind) == 54
+        assert _value(s, "gen_ai_server_time_to_first_token_seconds_count", **ok) == 12
+        assert _value(s, "gen_ai_server_time_per_output_token_seconds_count", **ok) == 12
+        assert _value(
+            s, "gateway_rate_limited_total", limit="requests_per_minute", scope="user"
+        ) == 3  # fmt: skip
+        assert _value(
+            s,
+            "gateway_upstream_errors_total",
+            gen_ai_provider_name="nowhere",
+            error_type="upstream_unavailable",
+        ) == 2  # fmt: skip
+        assert _value(s, "gateway_streams_in_flight") == 0
+        assert _value(s, "gateway_redis_errors_total") == 0
+    eventually(lambda: _value(_scrape(gateway.url), "gateway_ledger_written_total") == total)
+    assert _value(_scrape(gateway.url), "gateway_ledger_backlog") == 0
+    workers = _per_worker(metrics_dir, tmp_path)
+    served = [_value(s, "gateway_requests_total") for s in workers.values()]
+    assert len(served) == 2, "expected two worker processes"
+    assert all(n > 0 for n in served), f"one worker served nothing: {served}"
+    assert sum(served) == total
+
+
+def test_streams_in_flight_while_they_run(
+    two_workers: tuple[ServerProcess, Path], secrets_seen: list[str]
+) -> None:
+    gateway, _ = two_workers
+    _, key = create_key(gateway.url, secrets_seen, user=f"inflight-{uuid.uuid4().hex[:8]}")
+    slow = {"x-mock-reply": quote(" ".join(["word"] * 60)), "x-mock-tokens-per-second": "40"}
+    body = {"model": "mock-gpt", "input": "slow", "stream": True}
+    threads = [
+        threading.Thread(target=lambda: _post(gateway.url, key, body, **slow)) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    eventually(lambda: _value(_scrape(gateway.url), "gateway_streams_in_flight") == 3)
+    for thread in threads:
+        thread.join()
+    eventually(lambda: _value(_scrape(gateway.url), "gateway_streams_in_flight") == 0)
+
+
+def test_redis_errors_and_policy_decisions_are_counted(
+    gateway_factory: GatewayFactory,
+    mock_upstream: ServerProcess,
+    secrets_seen: list[str],
+    tmp_path: Path,
+) -> None:
+    """Redis frozen under fail_open: requests are served without a quota, and counted so."""
+    (tmp_path / "redis-data").mkdir()
+    redis = RedisServer(tmp_path / "redis-data").start()
+    try:
+        config = _config(redis.url, mock_upstream.url, tmp_path / "metrics", "fail_open")
+        config["server"]["workers"] = 1  # one worker: the key is surely in its cache
+        gateway = gateway_factory(config)
+        _, key = create_key(gateway.url, secrets_seen, user=f"policy-{uuid.uuid4().hex[:8]}")
+        plain = {"model": "mock-gpt", "input": "hi"}
+        for _ in range(2):
+            assert _post(gateway.url, key, plain).status_code == 200
+        freeze: Any = redis.client().execute_command  # untyped in redis-py
+        frozen = threading.Thread(target=lambda: freeze("DEBUG", "SLEEP", 3))
+        frozen.start()
+        time.sleep(0.1)
+        try:  # each waits at most redis.timeout (0.5 s): all four are sent while it sleeps
+            served = [_post(gateway.url, key, plain).status_code for _ in range(4)]
+        finally:
+            frozen.join()
+        assert served == [200] * 4
+        s = _scrape(gateway.url)
+        assert _value(s, "gateway_redis_errors_total") >= 1
+        decisions = "gateway_redis_policy_decisions_total"
+        served_quota = _value(s, decisions, subsystem="limits", decision="served")
+        assert served_quota == 4  # each request went without its quota check
+        assert _value(s, decisions, subsystem="auth", decision="served") >= 1  # stale cache
+        assert _value(s, decisions, decision="refused") == 0
+    finally:
+        redis.stop()

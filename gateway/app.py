@@ -17,6 +17,7 @@ from .models_api import ModelList, ModelsController, model_list
 from .redis_store import RedisUnavailable
 from .runtime import OnReady, Runtime
 from .settings import Settings
+from .usage_api import CallerUsageController, UsageAdminController
 
 
 def create_app(
@@ -72,9 +73,10 @@ def create_app(
         return _render(error.status, error.body(), {}, request_id(request))
 
     async def caller_guard(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
-        """/v1/models takes the same credentials as /v1/responses, as OpenAI's does."""
+        """/v1/models and /v1/usage take the same credentials as /v1/responses."""
         if runtime.auth is not None:
             identity, _ = await runtime.auth.authenticate(connection.scope)
+            connection.state.identity = identity
             connection.state.allowed_models = identity.models
 
     handlers: list[Any] = [
@@ -85,10 +87,12 @@ def create_app(
     ]
     if settings.metrics.enabled:
         handlers.append(metrics)
+    if settings.auth.enabled:
+        handlers.append(type("Usage", (CallerUsageController,), {"guards": [caller_guard]}))
     if settings.auth.enabled and settings.auth.admin_key:
-        handlers.append(
-            type("Admin", (AdminController,), {"guards": [admin_guard(settings.auth.admin_key)]})
-        )
+        admin_only = {"guards": [admin_guard(settings.auth.admin_key)]}
+        handlers.append(type("Admin", (AdminController,), admin_only))
+        handlers.append(type("UsageAdmin", (UsageAdminController,), admin_only))
     app = Litestar(
         route_handlers=handlers,
         dependencies={

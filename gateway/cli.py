@@ -1,4 +1,4 @@
-"""The `gateway` console script: `serve`, and `keys` to manage API keys."""
+"""The `gateway` console script: `serve`; `keys` and `usage`, through the admin API."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .logging import configure_logging
 from .metrics import MULTIPROC_ENV
 from .runtime import Runtime
 from .settings import EMBEDDED, ConfigError, Settings, load_settings, settings_from_dict
+from .usage_cli import add_usage_commands, run_usage_command
 
 QUICKSTART_MODEL = "mock-gpt"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -181,9 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="TCP port (default: server.port, 8080)")
     serve.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
     add_keys_commands(commands)
+    add_usage_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "usage":
+        return run_usage_command(args, os.environ)
     return run_keys_command(args, os.environ)
 
 

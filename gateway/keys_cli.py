@@ -67,22 +67,36 @@ def run_keys_command(args: argparse.Namespace, environ: Mapping[str, str]) -> in
             return 2
         print(KeyHasher(environ.get("GATEWAY_KEY_PEPPER") or None).digest(key))
         return 0
-    admin_key = environ.get("GATEWAY_ADMIN_KEY")
-    if not admin_key:
-        print("gateway keys: set GATEWAY_ADMIN_KEY to the admin credential", file=sys.stderr)
+    client = admin_client("keys", args.url, environ)
+    if client is None:
         return 2
-    base = args.url or environ.get("GATEWAY_URL") or "http://127.0.0.1:8080"
-    headers = {"authorization": f"Bearer {admin_key}"}
-    with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=10) as client:
+    with client:
         try:
             response = _request(client, args)
         except httpx.HTTPError as exc:
-            print(f"gateway keys: cannot reach {base}: {exc}", file=sys.stderr)
+            print(f"gateway keys: cannot reach {client.base_url}: {exc}", file=sys.stderr)
             return 1
+    return print_answer("keys", response)
+
+
+def admin_client(command: str, url: str | None, environ: Mapping[str, str]) -> httpx.Client | None:
+    """A client of the admin API (URL from `--url`, ``GATEWAY_URL`` or the default; the
+    credential from ``GATEWAY_ADMIN_KEY``); None, with the reason printed, without one."""
+    admin_key = environ.get("GATEWAY_ADMIN_KEY")
+    if not admin_key:
+        print(f"gateway {command}: set GATEWAY_ADMIN_KEY to the admin credential", file=sys.stderr)
+        return None
+    base = url or environ.get("GATEWAY_URL") or "http://127.0.0.1:8080"
+    headers = {"authorization": f"Bearer {admin_key}"}
+    return httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=30)
+
+
+def print_answer(command: str, response: httpx.Response) -> int:
+    """Print an admin API answer (JSON, indented) or its error; the exit status."""
     body = response.json() if response.content else {}
     if response.status_code >= 400:
         message = body.get("error", {}).get("message", response.text)
-        print(f"gateway keys: HTTP {response.status_code}: {message}", file=sys.stderr)
+        print(f"gateway {command}: HTTP {response.status_code}: {message}", file=sys.stderr)
         return 1
     print(json.dumps(body, indent=2))
     return 0

@@ -116,6 +116,7 @@ class Limiter:
         self._admit = store.script("admit")
         self._settle = store.script("settle")
         self._renew = store.script("renew")
+        self._peek = store.script("peek")
         self._batch = ScriptBatcher(store, "limits", log)
         self._lease_ms = int(settings.concurrency_lease * 1000)
         self._holding: dict[str, Admission] = {}
@@ -143,15 +144,44 @@ class Limiter:
             )
         per_model = tier.models.get(model)
         if per_model is not None:
-            found.append(
-                Scope(
-                    f"model:{model}",
-                    f"model {model} for user {user}",
-                    per_model,
-                    self._keys.scope(user, f"model:{model}"),
-                )
-            )
+            found.append(self._model_scope(user, model, per_model))
         return found
+
+    def _model_scope(self, user: str, model: str, limits: LimitSettings) -> Scope:
+        return Scope(
+            f"model:{model}",
+            f"model {model} for user {user}",
+            limits,
+            self._keys.scope(user, f"model:{model}"),
+        )
+
+    async def peek(self, identity: Identity) -> list[dict[str, Any]]:
+        """What each scope of `identity` has used of its limits and what remains, changing
+        nothing: the user, the key, and every model its tier limits (that the key may use)."""
+        scopes = self.scopes(identity, "")
+        tier = self._settings.tiers.get(identity.tier or "")
+        tier = tier or self._settings.tiers[self._settings.default_tier]
+        for model, limits in sorted(tier.models.items()):
+            if identity.models is None or model in identity.models:
+                scopes.append(self._model_scope(identity.user, model, limits))
+        keys = self._keys.limiter(identity.user)
+        argv: list[Any] = ["", len(scopes)]
+        for scope in scopes:
+            keys.extend(scope.keys)
+            argv.extend(scope.argv())
+        figures: list[Any] = await self._store.call(
+            lambda r: self._peek(keys=keys, args=argv, client=r), "peek"
+        )
+        out = []
+        for i, scope in enumerate(scopes):
+            row = [int(v) for v in figures[8 * i : 8 * i + 8]]
+            shown: dict[str, Any] = {}
+            for j, name in enumerate(_LIMIT_SETTINGS.values()):
+                limit, used = row[2 * j], row[2 * j + 1]
+                if limit >= 0:
+                    shown[name] = {"limit": limit, "used": used, "remaining": max(limit - used, 0)}
+            out.append({"scope": scope.name, "limits": shown})
+        return out
 
     async def admit(self, identity: Identity, model: str, estimate: int) -> Admission | None:
         """Reserve a place for one request, or raise 429; None when admitted by policy."""

@@ -121,14 +121,20 @@ class RedisStore:
             return False
         return True
 
-    async def call(self, operation: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
-        """Run `operation` with the client, within the timeout; `RedisUnavailable` if not."""
+    async def call(
+        self,
+        operation: Callable[[aioredis.Redis], Awaitable[T]],
+        what: str,
+        seconds: float | None = None,
+    ) -> T:
+        """Run `operation` with the client, within `seconds` (default `redis.timeout`);
+        `RedisUnavailable` if not."""
         if not self.breaker.allow():
             self.failures += 1
             self._errors(what).inc()
             raise RedisUnavailable("the circuit breaker is open", maybe_ran=False)
         try:
-            async with asyncio.timeout(self._settings.timeout):
+            async with asyncio.timeout(seconds or self._settings.timeout):
                 result = await operation(self.client)
         except BaseException as exc:
             if not isinstance(exc, RedisError | OSError | TimeoutError):

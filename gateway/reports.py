@@ -1,0 +1,218 @@
+"""Usage reports read from the ledger: sums by day, model and user, and the records themselves.
+
+The sums come from the hashes `lua/ledger_append.lua` keeps beside the stream (a day's sums of
+every user, and each user's sums of a month), so a report reads a few hashes, never the
+records. Days are UTC days. The export reads the stream itself, page by page.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import typing
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import msgspec
+
+from .ledger import UsageRecord
+from .redis_keys import RedisKeys
+from .redis_store import RedisStore
+
+MEASURES = (
+    "requests",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+)
+GROUPS = ("day", "model", "user")
+MAX_DAYS = 366
+"""The longest range one report may cover."""
+REPORT_TIMEOUT = 10.0
+"""Seconds a report may take in Redis: it reads up to a year of hashes, unlike the hot path."""
+EXPORT_PAGE = 1000
+EXPORT_FIELDS = tuple(UsageRecord.__struct_fields__)
+
+_record_decoder = msgspec.json.Decoder(UsageRecord)
+_record_encoder = msgspec.json.Encoder()
+
+
+def days(first: dt.date, last: dt.date) -> list[dt.date]:
+    """Every day from `first` to `last`, both included."""
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+class Report(msgspec.Struct):
+    """Sums of the ledger, one row per group."""
+
+    object: str
+    start: str
+    end: str
+    group_by: list[str]
+    data: list[dict[str, Any]]
+
+
+class UsageReports:
+    """Reads the ledger's sums and records."""
+
+    def __init__(self, store: RedisStore, keys: RedisKeys) -> None:
+        self._store, self._keys = store, keys
+
+    async def report(
+        self,
+        first: dt.date,
+        last: dt.date,
+        group_by: tuple[str, ...],
+        user: str | None = None,
+        model: str | None = None,
+    ) -> Report:
+        """Sums from day `first` to `last` (both included), one row per value of `group_by`."""
+        wanted = {d.isoformat() for d in days(first, last)}
+        rows: dict[tuple[str, ...], dict[str, int]] = {}
+        async for day, who, model_name, measure, amount in self._sums(first, last, user):
+            if day not in wanted or (model is not None and model_name != model):
+                continue
+            facts = {"day": day, "model": model_name, "user": who}
+            group = tuple(facts[g] for g in group_by)
+            row = rows.setdefault(group, dict.fromkeys(MEASURES, 0))
+            row[measure] = row.get(measure, 0) + amount
+        data = [
+            {**dict(zip(group_by, group, strict=True)), **sums}
+            for group, sums in sorted(rows.items())
+        ]
+        return Report("usage.report", first.isoformat(), last.isoformat(), list(group_by), data)
+
+    async def _sums(
+        self, first: dt.date, last: dt.date, user: str | None
+    ) -> AsyncIterator[tuple[str, str, str, str, int]]:
+        """(day, user, model, measure, amount) of every sum field in range (and of `user`)."""
+        if user is not None:  # the user's month hashes: a few small reads
+            months = sorted({d.isoformat()[:7] for d in days(first, last)})
+            names = [self._keys.ledger_user_month(user, m) for m in months]
+            for fields in await self._hgetall(names):
+                for field, amount in fields.items():
+                    day, model, measure = field.decode().split("\t")
+                    yield day, user, model, measure, int(amount)
+            return
+        span = days(first, last)
+        names = [self._keys.ledger_day(d.isoformat()) for d in span]
+        for date, fields in zip(span, await self._hgetall(names), strict=True):
+            for field, amount in fields.items():
+                who, model, measure = field.decode().split("\t")
+                yield date.isoformat(), who, model, measure, int(amount)
+
+    async def _hgetall(self, names: list[str]) -> list[dict[bytes, bytes]]:
+        async def read(r: Any) -> list[dict[bytes, bytes]]:
+            pipe = r.pipeline(transaction=False)
+            for name in names:
+                pipe.hgetall(name)
+            return list(await pipe.execute())
+
+        result: list[dict[bytes, bytes]] = await self._store.call(
+            read, "usage_report", seconds=REPORT_TIMEOUT
+        )
+        return result
+
+    async def caller(self, user: str) -> dict[str, Any]:
+        """`user`'s usage of today and of this month, in all and by model."""
+        now = today()
+        month = now.isoformat()[:7]
+        (fields,) = await self._hgetall([self._keys.ledger_user_month(user, month)])
+        periods = {"today": _Period(now.isoformat()), "this_month": _Period(month)}
+        for field, amount in fields.items():
+            day, model, measure = field.decode().split("\t")
+            periods["this_month"].add(model, measure, int(amount))
+            if day == now.isoformat():
+                periods["today"].add(model, measure, int(amount))
+        return {name: period.view() for name, period in periods.items()}
+
+    async def records(self, since: float, until: float) -> AsyncIterator[UsageRecord]:
+        """Every record of a request that arrived in [`since`, `until`) (Unix times), oldest
+        write first. A record is written after its request arrived, so the stream is read from
+        `since` on, to its end: a record written late (Redis was down) is not missed."""
+        stream = self._keys.ledger_stream()
+        start = f"{int(since * 1000)}-0"
+        while True:
+            page = start
+
+            async def read(r: Any, page: str = page) -> list[Any]:
+                return list(await r.xrange(stream, min=page, max="+", count=EXPORT_PAGE))
+
+            entries = await self._store.call(read, "usage_export", seconds=REPORT_TIMEOUT)
+            for _, fields in entries:
+                record = _record_decoder.decode(fields[b"r"])
+                if since <= record.time < until:
+                    yield record
+            if len(entries) < EXPORT_PAGE:
+                return
+            last = entries[-1][0].decode()
+            start = "(" + last  # exclusive: the next page starts after the last entry
+
+
+class _Period:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.total = dict.fromkeys(MEASURES, 0)
+        self.by_model: dict[str, dict[str, int]] = {}
+
+    def add(self, model: str, measure: str, amount: int) -> None:
+        self.total[measure] = self.total.get(measure, 0) + amount
+        sums = self.by_model.setdefault(model, dict.fromkeys(MEASURES, 0))
+        sums[measure] = sums.get(measure, 0) + amount
+
+    def view(self) -> dict[str, Any]:
+        return {"period": self.name, **self.total, "by_model": dict(sorted(self.by_model.items()))}
+
+
+def jsonl_line(record: UsageRecord) -> bytes:
+    """One JSON object and a newline: the record as the ledger holds it."""
+    return _record_encoder.encode(record) + b"\n"
+
+
+def csv_header() -> bytes:
+    return _csv_row(EXPORT_FIELDS)
+
+
+def csv_line(record: UsageRecord) -> bytes:
+    """One CSV row: the record's fields in `EXPORT_FIELDS` order. Text fields as they are;
+    numbers, booleans and `metadata` as JSON; an absent value empty."""
+    values: list[Any] = []
+    for name in EXPORT_FIELDS:
+        value = getattr(record, name)
+        if value is None:
+            values.append("")
+        elif name in _JSON_FIELDS:
+            values.append(_record_encoder.encode(value).decode())
+        else:
+            values.append(value)
+    return _csv_row(values)
+
+
+def _csv_row(values: Iterable[Any]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(values)
+    return out.getvalue().encode()
+
+
+def record_from_csv(row: dict[str, str]) -> UsageRecord:
+    """A row of the CSV export (as `csv.DictReader` reads it) back to its record."""
+    fields: dict[str, Any] = {}
+    for name in EXPORT_FIELDS:
+        text = row.get(name, "")
+        if text != "":
+            fields[name] = msgspec.json.decode(text) if name in _JSON_FIELDS else text
+    return msgspec.convert(fields, UsageRecord)
+
+
+_JSON_FIELDS = frozenset(
+    name
+    for name, kind in typing.get_type_hints(UsageRecord).items()
+    if kind not in (str, str | None)
+)

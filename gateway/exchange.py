@@ -14,6 +14,12 @@ class Exchange:
 
     request_id: str
     started: float
+    """`perf_counter()` when the request arrived."""
+    arrived: float = 0.0
+    """Unix time when the request arrived."""
+    record_id: str = ""
+    """The id of its usage record, once one is needed before the end (a running stream's)."""
+    body_size: int = 0
     method: str = "POST"
     path: str = ""
     model: str | None = None
@@ -43,6 +49,15 @@ class Exchange:
     """Output tokens seen so far when usage is unknown (stream frames, body size / 4)."""
     rate_limit: tuple[str, str] | None = None
     """The limit and scope kind of a 429."""
+
+    @property
+    def partly_delivered(self) -> bool:
+        """Some of a successful answer reached the client, though its usage is unknown."""
+        return (
+            self.response_started
+            and self.first_byte_at is not None
+            and (self.upstream_status or 0) < 300
+        )
 
     def end(self) -> str:
         """How the request ended: completed, incomplete, failed (as the response says),

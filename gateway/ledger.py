@@ -1,10 +1,16 @@
 """The usage ledger: one record per request, written to Redis off the request path.
 
 `Ledger.record` only appends to an in-memory queue; a background task writes the queue in
-batches (`lua/ledger_append.lua`: the stream entry and the day's sums in one atomic step,
-idempotent by record id). While Redis cannot take them, records wait and are retried; the queue
-is bounded (`ledger.buffer_records`), and a record that must be dropped is logged. At shutdown
-the queue is written out before the process exits.
+batches (`lua/ledger_append.lua`: the stream entry and the sums in one atomic step, idempotent
+by record id). While Redis cannot take them, records wait and are retried; the queue is bounded
+(`ledger.buffer_records`), and a record that must be dropped is logged. At shutdown the queue
+is written out before the process exits.
+
+A replica killed mid-stream cannot write anything: so a stream that runs longer than
+`ledger.checkpoint_seconds` has its usage so far saved in Redis at that interval
+(`lua/ledger_save.lua`), and every replica looks for saves older than `ledger.orphan_seconds`
+(`lua/ledger_orphans.lua`): their replica died, and the last save becomes the record
+(``end: interrupted``, estimated usage). The stream's own record, when it ends, removes its save.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ import contextlib
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from .exchange import Exchange
+from .limits import estimate_input_tokens
 from .metrics import Metrics
 from .redis_keys import RedisKeys
-from .redis_store import RedisStore
+from .redis_store import RedisStore, RedisUnavailable
 from .script_batch import ScriptBatcher, ScriptRefused
 from .settings import LedgerSettings
 
@@ -64,6 +72,9 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
     request_user: str | None = None
     metadata: dict[str, str] | None = None
     response_id: str | None = None
+    usage_estimated: bool = False
+    """The provider's usage is unknown (the stream was broken off): the tokens are estimated
+    from the request's size and the frames streamed, as the quota charged them."""
 
     def day(self) -> str:
         return time.strftime("%Y-%m-%d", time.gmtime(self.time))
@@ -82,6 +93,7 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
 
 
 _encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(UsageRecord)
 
 
 def encode(record: UsageRecord) -> bytes:
@@ -89,14 +101,44 @@ def encode(record: UsageRecord) -> bytes:
     return _encoder.encode(record)
 
 
-def record_of(ex: Exchange, wall_started: float, log: dict[str, Any]) -> UsageRecord:
+def record_id(ex: Exchange) -> str:
+    """The id of `ex`'s record, chosen once."""
+    if not ex.record_id:
+        ex.record_id = os.urandom(10).hex()
+    return ex.record_id
+
+
+def record_of(ex: Exchange, log: dict[str, Any]) -> UsageRecord:
     """The ledger record of a finished exchange; `log`: its canonical log line's fields."""
+    record = _record(ex, ex.end(), log["latency_ms"], log["ttft_ms"])
     usage = ex.outcome.usage if ex.outcome is not None else None
+    if usage is not None:
+        record.input_tokens = usage.input_tokens
+        record.cached_input_tokens = usage.cached_input_tokens
+        record.output_tokens = usage.output_tokens
+        record.reasoning_tokens = usage.reasoning_tokens
+        record.total_tokens = usage.total_tokens
+        record.response_id = ex.outcome.response_id if ex.outcome is not None else None
+    elif ex.partly_delivered:
+        _estimate(record, ex, ex.output_estimate)
+    return record
+
+
+def progress_of(ex: Exchange, frames: int, first_token_at: float | None) -> UsageRecord:
+    """A running stream's usage so far, as the record to write should its replica die."""
+    now = time.perf_counter()
+    ttft = None if first_token_at is None else round((first_token_at - ex.started) * 1000, 3)
+    record = _record(ex, "interrupted", round((now - ex.started) * 1000, 3), ttft)
+    _estimate(record, ex, frames)
+    return record
+
+
+def _record(ex: Exchange, end: str, latency_ms: float, ttft_ms: float | None) -> UsageRecord:
     return UsageRecord(
-        id=os.urandom(10).hex(),
+        id=record_id(ex),
         request_id=ex.request_id,
-        time=round(wall_started, 3),
-        end=ex.end(),
+        time=round(ex.arrived, 3),
+        end=end,
         status=ex.status,
         stream=ex.stream,
         user=ex.caller,
@@ -105,17 +147,35 @@ def record_of(ex: Exchange, wall_started: float, log: dict[str, Any]) -> UsageRe
         model=ex.model,
         provider=ex.provider,
         upstream_model=ex.upstream_model,
-        input_tokens=usage.input_tokens if usage else 0,
-        cached_input_tokens=usage.cached_input_tokens if usage else 0,
-        output_tokens=usage.output_tokens if usage else 0,
-        reasoning_tokens=usage.reasoning_tokens if usage else 0,
-        total_tokens=usage.total_tokens if usage else 0,
-        latency_ms=log["latency_ms"],
-        ttft_ms=log["ttft_ms"],
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
         request_user=ex.user,
         metadata=ex.metadata,
-        response_id=ex.outcome.response_id if ex.outcome is not None else None,
     )
+
+
+def _estimate(record: UsageRecord, ex: Exchange, output_tokens: int) -> None:
+    record.input_tokens = estimate_input_tokens(ex.body_size)
+    record.output_tokens = output_tokens
+    record.total_tokens = record.input_tokens + output_tokens
+    record.usage_estimated = True
+
+
+class Following:
+    """Saves a running stream's progress at an interval; `stop()` when the stream ends."""
+
+    __slots__ = ("_every", "_ledger", "_progress", "_timer")
+
+    def __init__(self, ledger: Ledger, progress: Callable[[], UsageRecord], every: float) -> None:
+        self._ledger, self._progress, self._every = ledger, progress, every
+        self._timer = asyncio.get_running_loop().call_later(every, self._save)
+
+    def _save(self) -> None:
+        self._ledger.save(self._progress())
+        self._timer = asyncio.get_running_loop().call_later(self._every, self._save)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 class Ledger:
@@ -132,10 +192,14 @@ class Ledger:
         self._store, self._keys, self._settings, self._log = store, keys, settings, log
         self._metrics = metrics
         self._script = store.script("ledger_append")
+        self._save_script = store.script("ledger_save")
+        self._orphans_script = store.script("ledger_orphans")
         self._batch = ScriptBatcher(store, "ledger", log)
         self._queue: deque[UsageRecord] = deque()
+        self._saves: dict[str, UsageRecord] = {}
+        """Running streams' usage so far, not yet saved (the latest of each)."""
         self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.written = 0
         self.dropped = 0
 
@@ -145,21 +209,36 @@ class Ledger:
         return len(self._queue)
 
     def start(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._write_forever()),
+            loop.create_task(self._adopt_orphans_forever()),
+        ]
 
     def record(self, record: UsageRecord) -> None:
         """Queue a record; never waits, never fails."""
+        self._saves.pop(record.id, None)  # the end supersedes any progress not yet saved
         if len(self._queue) >= self._settings.buffer_records:
             self._drop(self._queue.popleft(), backlog=len(self._queue))
         self._queue.append(record)
         self._wake.set()
 
+    def follow(self, progress: Callable[[], UsageRecord]) -> Following:
+        """Save `progress()` every `ledger.checkpoint_seconds` until `stop()` (the stream
+        ended): what a replica killed mid-stream leaves behind."""
+        return Following(self, progress, self._settings.checkpoint_seconds)
+
+    def save(self, record: UsageRecord) -> None:
+        """Keep a running stream's usage so far, to be saved in Redis by the writer."""
+        self._saves[record.id] = record
+        self._wake.set()
+
     async def close(self, deadline: float = 10.0) -> None:
         """Stop the writer and write out what is queued, for at most `deadline` seconds."""
-        if self._writer is not None:
-            self._writer.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+                await task
         until = time.monotonic() + deadline
         while self._queue and time.monotonic() < until:
             if not await self._write_batch():
@@ -170,9 +249,11 @@ class Ledger:
     async def _write_forever(self) -> None:
         failures = 0
         while True:
-            if not self._queue:
+            if not self._queue and not self._saves:
                 self._wake.clear()
                 await self._wake.wait()
+            if self._saves:
+                await self._write_saves()
             written = await self._write_batch()
             self._metrics.ledger_backlog.set(len(self._queue))
             if written:
@@ -192,7 +273,7 @@ class Ledger:
                 self._batch.run(
                     self._script,
                     self._keys.ledger(record.id, record.day(), record.user or "-"),
-                    [*head, encode(record), *record.sums()],
+                    [*head, record.id, encode(record), *record.sums()],
                 )
                 for record in batch
             ),
@@ -211,6 +292,36 @@ class Ledger:
         self.written += len(batch)
         self._metrics.ledger_written.inc(len(batch))
         return True
+
+    async def _write_saves(self) -> None:
+        """Save running streams' progress; one that fails is not retried: the next is due."""
+        saves, self._saves = self._saves, {}
+        running = self._keys.ledger_running()
+        await asyncio.gather(
+            *(
+                self._batch.run(self._save_script, running, [r.id, encode(r)])
+                for r in saves.values()
+            ),
+            return_exceptions=True,
+        )
+
+    async def _adopt_orphans_forever(self) -> None:
+        """Write the records of streams whose replica died (its saves stopped)."""
+        orphan_ms = int(self._settings.orphan_seconds * 1000)
+        running = self._keys.ledger_running()
+        while True:
+            await asyncio.sleep(self._settings.orphan_seconds / 3)
+            with contextlib.suppress(RedisUnavailable, ScriptRefused):
+                found = await self._batch.run(self._orphans_script, running, [orphan_ms, 100])
+                for i in range(0, len(found), 2):
+                    record = _decoder.decode(found[i + 1])
+                    self._log.warning(
+                        "ledger_orphan_recorded",
+                        request_id=record.request_id,
+                        user=record.user,
+                        output_tokens=record.output_tokens,
+                    )
+                    self.record(record)
 
     def _drop(self, record: UsageRecord, **why: Any) -> None:
         self.dropped += 1

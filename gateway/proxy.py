@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -30,7 +31,7 @@ from .errors import (
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
 from .http1 import Response, UpstreamError
-from .ledger import Ledger, record_of
+from .ledger import Following, Ledger, progress_of, record_of
 from .limits import Admission, Limiter, estimate_input_tokens, estimate_tokens
 from .metrics import Metrics
 from .request_ids import RequestIds
@@ -88,8 +89,7 @@ class ResponsesEndpoint:
         self._default_output = default_output_tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex = Exchange(self._ids.for_scope(scope), time.perf_counter())
-        arrived = time.time()
+        ex = Exchange(self._ids.for_scope(scope), time.perf_counter(), time.time())
         ex.method = scope["method"]  # type: ignore[typeddict-item]  # routed here for HTTP only
         ex.path = scope["path"]
         try:
@@ -109,7 +109,7 @@ class ResponsesEndpoint:
             if self._metrics is not None:
                 self._metrics.observe(ex, ended)
             if self._ledger is not None and ex.caller is not None:
-                self._ledger.record(record_of(ex, arrived, fields))
+                self._ledger.record(record_of(ex, fields))
 
     async def _handle(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         if ex.method != "POST":
@@ -123,6 +123,7 @@ class ResponsesEndpoint:
             ex.caller, ex.key_id, ex.team = identity.user, identity.key_id, identity.team
         check_json_media_type(scope)
         body = await read_body(scope, receive, self._max_body)
+        ex.body_size = len(body)
         request = parse_request(body)
         ex.model, ex.stream, ex.user = request.model, bool(request.stream), request.user
         ex.metadata = request.metadata
@@ -189,15 +190,7 @@ class ResponsesEndpoint:
                 )
             content_type = response.header(b"content-type") or b""
             if response.status == 200 and content_type.startswith(_SSE):
-                if self._metrics is None:
-                    finished = await _relay_stream(ex, send, response)
-                else:
-                    in_flight = self._metrics.streams(ex.model)
-                    in_flight.inc()
-                    try:
-                        finished = await _relay_stream(ex, send, response)
-                    finally:
-                        in_flight.dec()
+                finished = await self._stream(ex, send, response)
             else:
                 ex.first_byte_at = time.perf_counter()  # headers and body come together
                 await _relay_body(ex, send, response, route.provider)
@@ -207,6 +200,24 @@ class ResponsesEndpoint:
                 response.release()
             else:
                 response.close()  # the upstream sees the connection close
+
+    async def _stream(self, ex: Exchange, send: Send, response: Response) -> bool:
+        """Relay a stream, counted in flight, its progress saved while it runs."""
+        follow = None
+        ledger = self._ledger
+        if ledger is not None and ex.caller is not None:
+
+            def follow(tap: StreamTap) -> Following:
+                return ledger.follow(lambda: progress_of(ex, tap.frames, tap.first_token_at))
+
+        if self._metrics is None:
+            return await _relay_stream(ex, send, response, follow)
+        in_flight = self._metrics.streams(ex.model)
+        in_flight.inc()
+        try:
+            return await _relay_stream(ex, send, response, follow)
+        finally:
+            in_flight.dec()
 
 
 def _check_model_allowed(identity: Identity, model: str) -> None:
@@ -223,7 +234,7 @@ def _charge(ex: Exchange, admission: Admission, body_size: int) -> int:
     usage = ex.outcome.usage if ex.outcome is not None else None
     if usage is not None:
         return usage.total_tokens  # the provider's own count; may exceed the reservation
-    if not ex.response_started or ex.first_byte_at is None or (ex.upstream_status or 0) >= 300:
+    if not ex.partly_delivered:
         return 0  # nothing reached the client, or an error: the reservation is refunded
     # Broken off (client gone, upstream cut): at least what was streamed, at most the
     # reservation.
@@ -265,8 +276,14 @@ class _DisconnectWatch:
             self._watcher.cancel()
 
 
-async def _relay_stream(ex: Exchange, send: Send, response: Response) -> bool:
-    """Send the upstream's SSE chunks as they come; False when the upstream broke off."""
+async def _relay_stream(
+    ex: Exchange,
+    send: Send,
+    response: Response,
+    follow: Callable[[StreamTap], Following] | None = None,
+) -> bool:
+    """Send the upstream's SSE chunks as they come; False when the upstream broke off.
+    `follow(tap)`: starts saving the stream's progress, until stopped."""
     headers = downstream_headers(response.raw_headers, ex.request_id.encode())
     names = {name for name, _ in headers}
     if b"cache-control" not in names:
@@ -278,6 +295,7 @@ async def _relay_stream(ex: Exchange, send: Send, response: Response) -> bool:
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     ex.response_started = True
     tap = StreamTap()
+    following = follow(tap) if follow is not None else None
     try:
         async for chunk in response.iter_chunks():
             if ex.first_byte_at is None:
@@ -302,6 +320,8 @@ async def _relay_stream(ex: Exchange, send: Send, response: Response) -> bool:
         # client's HTTP library reports an incomplete body instead of a clean end.
         return False
     finally:  # whatever the end (disconnect included), keep what the stream told so far
+        if following is not None:
+            following.stop()
         tap.close()
         _record(ex, tap)
     ex.response_complete = True

@@ -19,6 +19,8 @@ key                                    type     holds
 ``gw:{ledger}:seen:<record id>``       string   a record already written (idempotency)
 ``gw:{ledger}:day:<YYYY-MM-DD>``       hash     the day's sums by user and model
 ``gw:{ledger}:user:<user tag>:<YYYY-MM>``  hash  a user's sums of the month, by day and model
+``gw:{ledger}:running``                hash     the usage so far of streams still running
+``gw:{ledger}:running:saved``          zset     when each was last saved (orphans: long ago)
 =====================================  =======  ===========================================
 
 The user tag is a digest of the user id: user ids come from identity providers and may hold
@@ -74,7 +76,13 @@ class RedisKeys:
             f"{base}:seen:{record_id}",
             f"{base}:day:{day}",
             self.ledger_user_month(user, day[:7]),
+            *self.ledger_running(),
         ]
+
+    def ledger_running(self) -> list[str]:
+        """The usage so far of running streams (hash), and when each was saved (zset)."""
+        base = f"{self._prefix}:{{ledger}}"
+        return [f"{base}:running", f"{base}:running:saved"]
 
     def ledger_stream(self) -> str:
         """The usage ledger."""

@@ -225,6 +225,12 @@ class LedgerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     and every drop is logged."""
     dedupe_seconds: Annotated[int, msgspec.Meta(ge=60)] = 86_400
     """How long a written record's id is remembered, so that a retried write counts once."""
+    checkpoint_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    """How often a running stream's usage so far is saved in Redis: a replica killed
+    mid-stream loses at most this much of a stream's usage."""
+    orphan_seconds: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 30.0
+    """A running stream not saved for this long belongs to a replica that died: another
+    replica writes its record from the last save (``end: interrupted``)."""
 
 
 class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -336,6 +342,13 @@ def _check_references(settings: Settings, source: str) -> None:
                 f"`{EMBEDDED}`, got `{url}`"
             )
     _check_auth(settings, source)
+    ledger = settings.ledger
+    if ledger.orphan_seconds < 3 * ledger.checkpoint_seconds:
+        raise ConfigError(
+            f"{source}: ledger.orphan_seconds: expected at least 3 times ledger.checkpoint_seconds "
+            f"({3 * ledger.checkpoint_seconds:g}), got {ledger.orphan_seconds:g}: a running "
+            "stream would be taken for one whose replica died"
+        )
 
 
 def _check_auth(settings: Settings, source: str) -> None:

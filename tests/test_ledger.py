@@ -5,6 +5,9 @@ down."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ import redis
 
 from gateway.ledger import UsageRecord, encode
 from gateway.redis_keys import RedisKeys
-from tests.conftest import GatewayFactory, eventually
+from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import create_key
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
@@ -144,7 +147,8 @@ def test_a_retried_write_counts_once(redis_server: RedisServer) -> None:
         stream=False, user=f"once-{uuid.uuid4().hex[:8]}", model="m", total_tokens=42,
     )  # fmt: skip
     keys = RedisKeys().ledger(record.id, record.day(), record.user or "-")
-    args: list[Any] = [86_400, 30 * 86_400_000, 31 * 86_400, encode(record), *record.sums()]
+    args: list[Any] = [86_400, 30 * 86_400_000, 31 * 86_400, record.id, encode(record)]
+    args += record.sums()
     assert [script(keys=keys, args=args) for _ in range(3)] == [1, 0, 0]
     assert len(_records(client, record.user or "")) == 1
     assert client.hget(keys[2], f"{record.user}\tm\ttotal_tokens") == "42"
@@ -187,3 +191,117 @@ def test_nothing_is_lost_or_doubled_while_redis_is_down(
     records = _records(outage_redis.client(), user)
     assert len(records) == 6
     assert len({r["id"] for r in records}) == 6
+
+
+def _frames(chunks: Iterator[bytes]) -> Iterator[int]:
+    """The running count of complete SSE frames in a stream of chunks."""
+    buffer, count = b"", 0
+    for chunk in chunks:
+        buffer += chunk
+        count += buffer.count(b"\n\n")
+        buffer = buffer[buffer.rfind(b"\n\n") + 2 :] if b"\n\n" in buffer else buffer
+        yield count
+
+
+def _saving_config(redis_url: str, mock: str) -> dict[str, Any]:
+    config = _config(redis_url, mock)
+    config["ledger"] = {"checkpoint_seconds": 0.2, "orphan_seconds": 1.5}
+    config["limits"] = {"tiers": {"default": {}}}
+    return config
+
+
+def test_a_replica_killed_mid_stream_loses_only_the_last_moments(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    mock_upstream: ServerProcess,
+    secrets_seen: list[str],
+) -> None:
+    """SIGKILL mid-stream: the replica cannot write anything, yet the record arrives (written
+    by another replica from the last save), with at least what the client had received but
+    the last save interval (0.2 s, about 4 frames at 20 tokens/s)."""
+    config = _saving_config(redis_server.url, mock_upstream.url)
+    doomed, survivor = gateway_factory(config), gateway_factory(config)
+    user = f"killed-{uuid.uuid4().hex[:8]}"
+    _, key = create_key(survivor.url, secrets_seen, user=user)
+    headers = {
+        "authorization": f"Bearer {key}",
+        "x-mock-reply": quote(" ".join(["word"] * 200)),
+        "x-mock-tokens-per-second": "20",
+    }
+    body = {"model": "mock-gpt", "input": "a long answer please", "stream": True}
+    received = 0
+    with (
+        httpx.Client(timeout=15) as http,
+        http.stream("POST", f"{doomed.url}/v1/responses", json=body, headers=headers) as resp,
+    ):
+        started = time.monotonic()
+        try:
+            for count in _frames(resp.iter_raw()):
+                received = count
+                if doomed.proc is not None and time.monotonic() - started > 1.5:
+                    os.kill(doomed.proc.pid, signal.SIGKILL)  # the rest is what was in flight
+                    doomed.proc.wait()
+                    doomed.proc = None
+        except httpx.HTTPError:
+            pass  # the connection died with the replica
+    assert 20 < received < 100
+    client = redis_server.client()
+    eventually(lambda: len(_records(client, user)) == 1, timeout=10)
+    (record,) = _records(client, user)
+    assert record["end"] == "interrupted"
+    assert record["usage_estimated"] is True
+    assert record["stream"] is True
+    assert received - 10 <= record["output_tokens"] <= received
+    assert record["total_tokens"] == record["input_tokens"] + record["output_tokens"]
+    assert any(
+        line.get("event") == "ledger_orphan_recorded" and line.get("user") == user
+        for line in log_lines(survivor)
+    )
+    running, _ = RedisKeys().ledger_running()
+    assert not client.hexists(running, record["id"])
+    time.sleep(2)  # a second adoption would have happened by now
+    assert len(_records(client, user)) == 1
+
+
+def test_a_long_stream_is_recorded_once_from_its_end(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    mock_upstream: ServerProcess,
+    secrets_seen: list[str],
+) -> None:
+    """A stream longer than the orphan delay, saved all along, is not taken for an orphan:
+    its one record is its own, with the provider's usage."""
+    gateway = gateway_factory(_saving_config(redis_server.url, mock_upstream.url))
+    user = f"long-{uuid.uuid4().hex[:8]}"
+    _, key = create_key(gateway.url, secrets_seen, user=user)
+    headers = {
+        "x-mock-reply": quote(" ".join(["word"] * 60)),
+        "x-mock-tokens-per-second": "20",  # 3 s: twice the orphan delay
+    }
+    body = {"model": "mock-gpt", "input": "long", "stream": True}
+    client = redis_server.client()
+    running, saved = RedisKeys().ledger_running()
+    seen_saved = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not seen_saved.is_set():
+            entries: Any = client.hvals(running)
+            if any(json.loads(e)["user"] == user for e in entries):
+                seen_saved.set()
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    response = _post(gateway.url, key, body, **headers)
+    watcher.join()
+    assert response.status_code == 200
+    assert seen_saved.is_set(), "the running stream was never saved"
+    eventually(lambda: len(_records(client, user)) == 1)
+    time.sleep(2)
+    (record,) = _records(client, user)
+    assert record["end"] == "completed"
+    assert "usage_estimated" not in record
+    assert record["output_tokens"] == 60
+    assert not client.hexists(running, record["id"])
+    assert client.zscore(saved, record["id"]) is None

@@ -15,6 +15,7 @@ each case:
 - added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
   through each gateway, alternating, `--rounds` times; the median of the per-round differences
   is what the gateway adds.
+The gateway's CPU time per request (from /proc, during each wrk run) is printed beside.
 Last, Redis's own command counters are read around 2,000 requests through the keyed gateway:
 the Redis commands each request costs.
 Figures vary with the machine's load: quote medians and ratios, and rerun before comparing.
@@ -56,6 +57,12 @@ def _body(model: str, stream: bool) -> str:
 
 def _pin(cores: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cores, *argv] if shutil.which("taskset") else argv
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wrk(url: str, body: str, duration: int, connections: int, key: str | None) -> float:
@@ -246,11 +253,16 @@ def main() -> None:
             }
             body = _body(model, stream)
             rps: dict[str, list[float]] = {name: [] for name in targets}
+            cpu: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for name, secret in targets.items():
-                    rps[name].append(
-                        _wrk(urls[name], body, args.duration, args.connections, secret)
-                    )
+                    proc = gateways[name].proc if name in gateways else None
+                    before = _cpu_seconds(proc.pid) if proc else 0.0
+                    rate = _wrk(urls[name], body, args.duration, args.connections, secret)
+                    rps[name].append(rate)
+                    if proc:  # the gateway's own CPU per request: what the ledger costs it
+                        used = _cpu_seconds(proc.pid) - before
+                        cpu[name].append(used / (rate * args.duration) * 1e6)
             time.sleep(2)  # let the last wrk run's abandoned connections drain first
             lat: dict[str, list[list[float]]] = {name: [] for name in targets}
             for _ in range(args.rounds):  # alternating, like the throughput runs
@@ -258,16 +270,16 @@ def main() -> None:
                     lat[name].append(
                         asyncio.run(_latencies(urls[name], body, args.rate, 5, secret))
                     )
-            rows.append((label, rps, lat))
+            rows.append((label, rps, cpu, lat))
             print(f"  {label}: done", flush=True)
         trips = _round_trips(gateways["keyed"], _body("bench-static", False), key, store.client())
     store.stop()
 
     print(
         f"{'':27}{'target':>10}{'req/s':>10}{'vs direct':>11}"
-        f"{'added p50 ms':>14}{'added p99 ms':>14}"
+        f"{'added p50 ms':>14}{'added p99 ms':>14}{'CPU us/req':>12}"
     )
-    for label, rps, lat in rows:
+    for label, rps, cpu, lat in rows:
         direct_rps = statistics.median(rps["direct"])
         for name in targets:
             med = statistics.median(rps[name])
@@ -276,6 +288,8 @@ def main() -> None:
             p50 = statistics.median(_pct(gl, 0.5) - _pct(dl, 0.5) for dl, gl in pairs)
             p99 = statistics.median(_pct(gl, 0.99) - _pct(dl, 0.99) for dl, gl in pairs)
             added = "" if name == "direct" else f"{p50:14.3f}{p99:14.3f}"
+            if cpu[name]:
+                added += f"{statistics.median(cpu[name]):12.1f}"
             print(
                 f"{label if name == 'direct' else '':27}{name:>10}{med:10.0f}"
                 f"{med / direct_rps:11.2f}{added}"

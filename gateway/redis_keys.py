@@ -67,17 +67,19 @@ class RedisKeys:
         """The keys every limiter script of `user` starts with: override, pending."""
         return [self.user_override(user), self.pending(user)]
 
-    def ledger(self, record_id: str, day: str, user: str) -> list[str]:
-        """The keys `lua/ledger_append.lua` takes for one record of `user` on `day`
-        (``YYYY-MM-DD``)."""
-        base = f"{self._prefix}:{{ledger}}"
-        return [
-            f"{base}:stream",
-            f"{base}:seen:{record_id}",
-            f"{base}:day:{day}",
+    def ledger(self) -> list[str]:
+        """The keys `lua/ledger_append.lua` takes first: the stream, and the running streams'
+        saves."""
+        return [self.ledger_stream(), *self.ledger_running()]
+
+    def ledger_record(self, record_id: str, day: str, user: str) -> tuple[str, str, str]:
+        """The keys `lua/ledger_append.lua` takes for each record, of `user` on `day`
+        (``YYYY-MM-DD``): the id's marker, the day's sums, the user's sums of the month."""
+        return (
+            f"{self._prefix}:{{ledger}}:seen:{record_id}",
+            self.ledger_day(day),
             self.ledger_user_month(user, day[:7]),
-            *self.ledger_running(),
-        ]
+        )
 
     def ledger_running(self) -> list[str]:
         """The usage so far of running streams (hash), and when each was saved (zset)."""

@@ -19,10 +19,11 @@ import httpx
 import pytest
 import redis
 
-from gateway.ledger import UsageRecord, encode
+from gateway.ledger import UsageRecord
 from gateway.redis_keys import RedisKeys
 from tests.conftest import GatewayFactory, eventually, log_lines
-from tests.support.admin import create_key
+from tests.streams import expected_usage, recorded_transcripts
+from tests.support.admin import create_key, keyed_config
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
 
@@ -146,14 +147,14 @@ def test_a_retried_write_counts_once(redis_server: RedisServer) -> None:
         id=uuid.uuid4().hex, request_id="req-1", time=time.time(), end="completed", status=200,
         stream=False, user=f"once-{uuid.uuid4().hex[:8]}", model="m", total_tokens=42,
     )  # fmt: skip
-    keys = RedisKeys().ledger(record.id, record.day(), record.user or "-")
-    args: list[Any] = [86_400, 30 * 86_400_000, 31 * 86_400, record.id, encode(record)]
-    args += record.sums()
+    record_keys, record_args = record.append_args(RedisKeys())
+    keys = [*RedisKeys().ledger(), *record_keys]
+    args: list[Any] = [86_400, 30 * 86_400_000, 31 * 86_400, *record_args]
     assert [script(keys=keys, args=args) for _ in range(3)] == [1, 0, 0]
     assert len(_records(client, record.user or "")) == 1
-    assert client.hget(keys[2], f"{record.user}\tm\ttotal_tokens") == "42"
-    assert client.hget(keys[3], f"{record.day()}\tm\ttotal_tokens") == "42"
-    assert client.ttl(keys[1]) > 0
+    assert client.hget(record_keys[1], f"{record.user}\tm\ttotal_tokens") == "42"
+    assert client.hget(record_keys[2], f"{record.day()}\tm\ttotal_tokens") == "42"
+    assert client.ttl(record_keys[0]) > 0
 
 
 @pytest.fixture
@@ -305,3 +306,47 @@ def test_a_long_stream_is_recorded_once_from_its_end(
     assert record["output_tokens"] == 60
     assert not client.hexists(running, record["id"])
     assert client.zscore(saved, record["id"]) is None
+
+
+def test_recorded_transcripts_usage_lands_exactly_in_the_ledger(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    scripted_upstream: ServerProcess,
+    secrets_seen: list[str],
+) -> None:
+    """Every real recorded stream, replayed in random chunks through a keyed gateway: each
+    record holds exactly the transcript's usage, and the day's sums are their sum."""
+    gateway = gateway_factory(keyed_config(redis_server.url, scripted_upstream.url))
+    user = f"transcripts-{uuid.uuid4().hex[:8]}"
+    _, key = create_key(gateway.url, secrets_seen, user=user)
+    expected: dict[str, dict[str, Any]] = {}
+    for seed, path in enumerate(recorded_transcripts()):
+        headers = {
+            "x-replay-file": str(path),
+            "x-replay-seed": str(seed),
+            "x-replay-max-chunk": "97",
+        }
+        body = {"model": "scripted", "input": "replay", "stream": True}
+        response = _post(gateway.url, key, body, **headers)
+        assert response.status_code == 200, path.name
+        usage = expected_usage(path.read_bytes())
+        assert usage is not None, path.name
+        expected[response.headers["x-request-id"]] = usage
+    client = redis_server.client()
+    eventually(lambda: len(_records(client, user)) == len(expected))
+    for record in _records(client, user):
+        usage = expected[record["request_id"]]
+        assert record["end"] == "completed"
+        assert record["input_tokens"] == usage["input_tokens"]
+        cached = usage["input_tokens_details"]["cached_tokens"]
+        assert record.get("cached_input_tokens", 0) == cached  # 0 is left out of a record
+        assert record["output_tokens"] == usage["output_tokens"]
+        reasoning = usage["output_tokens_details"]["reasoning_tokens"]
+        assert record.get("reasoning_tokens", 0) == reasoning
+        assert record["total_tokens"] == usage["total_tokens"]
+    day = time.strftime("%Y-%m-%d", time.gmtime(_records(client, user)[0]["time"]))
+    sums: dict[str, str] = client.hgetall(RedisKeys().ledger_day(day))  # type: ignore[assignment]
+    mine = {k.split("\t")[2]: int(v) for k, v in sums.items() if k.startswith(f"{user}\t")}
+    assert mine["requests"] == len(expected)
+    assert mine["total_tokens"] == sum(u["total_tokens"] for u in expected.values())
+    assert mine["output_tokens"] == sum(u["output_tokens"] for u in expected.values())

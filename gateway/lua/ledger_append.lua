@@ -1,38 +1,54 @@
--- Append one usage record to the ledger and add it to the sums, once.
+-- Append usage records to the ledger and add each to the sums, once.
 --
--- Idempotent by the record's id: a write retried after a timeout (Redis may have run the
--- first one) finds the id's marker and changes nothing. Every key shares the {ledger} hash
--- tag: one slot, as Redis Cluster requires of a script.
+-- Idempotent by record id: a write retried after a timeout (Redis may have run the first one)
+-- finds the id's marker and changes nothing for that record. Every key shares the {ledger}
+-- hash tag: one slot, as Redis Cluster requires of a script. Several records per call: the
+-- gateway sends few arguments per record (the sums are read from the record itself).
 --
--- KEYS[1] the stream        KEYS[2] the id's marker        KEYS[3] the day's sums (hash)
--- KEYS[4] the user's sums of the month (hash)
--- KEYS[5] running streams' saved usage (hash)      KEYS[6] when each was saved (zset)
--- ARGV[1] dedupe_seconds    (how long the marker is kept: longer than any retry)
+-- KEYS[1] the stream
+-- KEYS[2] running streams' saved usage (hash)      KEYS[3] when each was saved (zset)
+-- KEYS[4 + 3(i-1)..] record i: its id's marker, the day's sums (hash), its user's sums of
+--                    the month (hash)
+-- ARGV[1] dedupe_seconds    (how long a marker is kept: longer than any retry)
 -- ARGV[2] retention_ms      (stream entries older than this are trimmed, approximately)
 -- ARGV[3] sums_ttl_s
--- ARGV[4] the record's id
--- ARGV[5] the record (JSON), stored as the entry's field `r`
--- ARGV[6] "user TAB model TAB", the prefix of the day's sum fields
--- ARGV[7] "YYYY-MM-DD TAB model TAB", the prefix of the user's month sum fields
--- ARGV[8..] measure, amount, measure, amount ... (requests 1, input_tokens N, ...)
+-- ARGV[4 + 4(i-1)..] record i: id, the record (JSON, stored as the entry's field `r`),
+--                    "user TAB model TAB" (the day's sum fields' prefix),
+--                    "YYYY-MM-DD TAB model TAB" (the month's sum fields' prefix)
 --
--- Returns 1 when the record was written, 0 when it already had been.
+-- Returns the number of records written (the others had been already).
 
--- The stream is over (or its orphan is being written): its saved progress goes, either way.
-redis.call("HDEL", KEYS[5], ARGV[4])
-redis.call("ZREM", KEYS[6], ARGV[4])
-if not redis.call("SET", KEYS[2], "1", "NX", "EX", tonumber(ARGV[1])) then
-  return 0
-end
+local MEASURES = {"input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+                  "total_tokens"}
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local minid = tostring(now - tonumber(ARGV[2])) .. "-0"
-redis.call("XADD", KEYS[1], "MINID", "~", minid, "*", "r", ARGV[5])
-for i = 8, #ARGV, 2 do
-  local amount = tonumber(ARGV[i + 1])
-  redis.call("HINCRBY", KEYS[3], ARGV[6] .. ARGV[i], amount)
-  redis.call("HINCRBY", KEYS[4], ARGV[7] .. ARGV[i], amount)
+local dedupe = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[3])
+local written = 0
+for i = 1, (#KEYS - 3) / 3 do
+  local k = 4 + 3 * (i - 1)
+  local a = 4 + 4 * (i - 1)
+  local id = ARGV[a]
+  -- The stream is over (or its orphan is being written): its saved progress goes, either way.
+  redis.call("HDEL", KEYS[2], id)
+  redis.call("ZREM", KEYS[3], id)
+  if redis.call("SET", KEYS[k], "1", "NX", "EX", dedupe) then
+    redis.call("XADD", KEYS[1], "MINID", "~", minid, "*", "r", ARGV[a + 1])
+    local record = cjson.decode(ARGV[a + 1])
+    local day_prefix, month_prefix = ARGV[a + 2], ARGV[a + 3]
+    redis.call("HINCRBY", KEYS[k + 1], day_prefix .. "requests", 1)
+    redis.call("HINCRBY", KEYS[k + 2], month_prefix .. "requests", 1)
+    for _, measure in ipairs(MEASURES) do
+      local amount = record[measure]
+      if amount and amount ~= 0 then
+        redis.call("HINCRBY", KEYS[k + 1], day_prefix .. measure, amount)
+        redis.call("HINCRBY", KEYS[k + 2], month_prefix .. measure, amount)
+      end
+    end
+    redis.call("EXPIRE", KEYS[k + 1], ttl)
+    redis.call("EXPIRE", KEYS[k + 2], ttl)
+    written = written + 1
+  end
 end
-redis.call("EXPIRE", KEYS[3], tonumber(ARGV[3]))
-redis.call("EXPIRE", KEYS[4], tonumber(ARGV[3]))
-return 1
+return written

@@ -18,7 +18,8 @@ class Exchange:
     arrived: float = 0.0
     """Unix time when the request arrived."""
     record_id: str = ""
-    """The id of its usage record, once one is needed before the end (a running stream's)."""
+    """The id of its usage record (unique, unlike a client's request id): the idempotency
+    key of the record's write."""
     body_size: int = 0
     method: str = "POST"
     path: str = ""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -74,15 +74,23 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
     from the request's size and the frames streamed, as the quota charged them."""
 
     def day(self) -> str:
-        return time.strftime("%Y-%m-%d", time.gmtime(self.time))
+        """The UTC day the request arrived, ``YYYY-MM-DD``."""
+        return _day(int(self.time // 86_400))
 
     def append_args(self, keys: RedisKeys) -> tuple[tuple[str, str, str], list[Any]]:
         """This record's keys and arguments in a call of `lua/ledger_append.lua`: its id, its
-        JSON, and the prefixes of its sum fields, in the day's sums (``user TAB model TAB``)
-        and in the user's month (``day TAB model TAB``)."""
-        day, user, model = self.day(), self.user or "-", self.model or "-"
-        args = [self.id, encode(self), f"{user}\t{model}\t", f"{day}\t{model}\t"]
+        JSON, its user, the prefix of its sum fields (``day TAB model TAB``), and whether a
+        running stream's save may exist for it (a stream, or an orphan)."""
+        day, user = self.day(), self.user or "-"
+        saved = "1" if self.stream else ""
+        args = [self.id, encode(self), user, f"{day}\t{self.model or '-'}\t", saved]
         return keys.ledger_record(self.id, day, user), args
+
+
+@functools.lru_cache(maxsize=8)
+def _day(number: int) -> str:
+    """Day `number` since the Unix epoch, ``YYYY-MM-DD`` (records come from a few days)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(number * 86_400))
 
 
 _encoder = msgspec.json.Encoder()
@@ -92,13 +100,6 @@ _decoder = msgspec.json.Decoder(UsageRecord)
 def encode(record: UsageRecord) -> bytes:
     """The stream entry's `r` field."""
     return _encoder.encode(record)
-
-
-def record_id(ex: Exchange) -> str:
-    """The id of `ex`'s record, chosen once."""
-    if not ex.record_id:
-        ex.record_id = os.urandom(10).hex()
-    return ex.record_id
 
 
 def record_of(ex: Exchange, log: dict[str, Any]) -> UsageRecord:
@@ -128,7 +129,7 @@ def progress_of(ex: Exchange, frames: int, first_token_at: float | None) -> Usag
 
 def _record(ex: Exchange, end: str, latency_ms: float, ttft_ms: float | None) -> UsageRecord:
     return UsageRecord(
-        id=record_id(ex),
+        id=ex.record_id,
         request_id=ex.request_id,
         time=round(ex.arrived, 3),
         end=end,
@@ -245,9 +246,10 @@ class Ledger:
             if not self._queue and not self._saves:
                 self._wake.clear()
                 await self._wake.wait()
-                # Let a few more records come: a write costs the same for 1 record as for 30,
-                # and at a few thousand requests/s, waking for each one costs more than all
-                # the rest of the ledger together.
+            if len(self._queue) < BATCH:
+                # Let more records come: a write costs about the same for 1 record as for 30,
+                # and at a few thousand requests/s, writing each few at once costs more than
+                # all the rest of the ledger together.
                 await asyncio.sleep(LINGER)
             if self._saves:
                 await self._write_saves()

@@ -90,6 +90,8 @@ class ResponsesEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(self._ids.for_scope(scope), time.perf_counter(), time.time())
+        if self._ledger is not None:
+            ex.record_id = self._ids.new()
         ex.method = scope["method"]  # type: ignore[typeddict-item]  # routed here for HTTP only
         ex.path = scope["path"]
         try:

@@ -17,7 +17,7 @@ key                                    type     holds
 ``gw:rl:{u:<user tag>}:<scope>:conc``  zset     concurrency slots, scored by lease expiry
 ``gw:{ledger}:stream``                 stream   one usage record per request
 ``gw:{ledger}:seen:<record id>``       string   a record already written (idempotency)
-``gw:{ledger}:day:<YYYY-MM-DD>``       hash     the day's sums by user and model
+``gw:{ledger}:users:<YYYY-MM-DD>``     set      the users with records of the day
 ``gw:{ledger}:user:<user tag>:<YYYY-MM>``  hash  a user's sums of the month, by day and model
 ``gw:{ledger}:running``                hash     the usage so far of streams still running
 ``gw:{ledger}:running:saved``          zset     when each was last saved (orphans: long ago)
@@ -38,10 +38,20 @@ LIMITER_SUFFIXES = ("req", "tok", "amt", "day", "conc")
 class RedisKeys:
     """Builds every Redis key name the gateway uses."""
 
-    __slots__ = ("_prefix",)
+    __slots__ = ("_digests", "_prefix")
 
     def __init__(self, prefix: str = "gw") -> None:
         self._prefix = prefix
+        self._digests: dict[str, str] = {}
+        """Users' digests: every request of a user needs its own a few times."""
+
+    def _digest(self, user: str) -> str:
+        digest = self._digests.get(user)
+        if digest is None:
+            if len(self._digests) >= _DIGESTS_KEPT:
+                self._digests.clear()
+            digest = self._digests[user] = _digest(user)
+        return digest
 
     def key_record(self, key_id: str) -> str:
         """The record of API key `key_id`."""
@@ -53,7 +63,7 @@ class RedisKeys:
 
     def user_tag(self, user: str) -> str:
         """The hash tag shared by every limiter key of `user`."""
-        return f"{{u:{_digest(user)}}}"
+        return f"{{u:{self._digest(user)}}}"
 
     def user_override(self, user: str) -> str:
         """Admin overrides of `user`'s limits."""
@@ -74,10 +84,10 @@ class RedisKeys:
 
     def ledger_record(self, record_id: str, day: str, user: str) -> tuple[str, str, str]:
         """The keys `lua/ledger_append.lua` takes for each record, of `user` on `day`
-        (``YYYY-MM-DD``): the id's marker, the day's sums, the user's sums of the month."""
+        (``YYYY-MM-DD``): the id's marker, the day's users, the user's sums of the month."""
         return (
             f"{self._prefix}:{{ledger}}:seen:{record_id}",
-            self.ledger_day(day),
+            self.ledger_users(day),
             self.ledger_user_month(user, day[:7]),
         )
 
@@ -90,18 +100,21 @@ class RedisKeys:
         """The usage ledger."""
         return f"{self._prefix}:{{ledger}}:stream"
 
-    def ledger_day(self, day: str) -> str:
-        """Sums of `day` (``YYYY-MM-DD``): fields ``user TAB model TAB measure``."""
-        return f"{self._prefix}:{{ledger}}:day:{day}"
+    def ledger_users(self, day: str) -> str:
+        """The users with records of `day` (``YYYY-MM-DD``)."""
+        return f"{self._prefix}:{{ledger}}:users:{day}"
 
     def ledger_user_month(self, user: str, month: str) -> str:
         """`user`'s sums of `month` (``YYYY-MM``): fields ``YYYY-MM-DD TAB model TAB measure``."""
-        return f"{self._prefix}:{{ledger}}:user:{_digest(user)}:{month}"
+        return f"{self._prefix}:{{ledger}}:user:{self._digest(user)}:{month}"
 
     def scope(self, user: str, scope: str) -> tuple[str, ...]:
         """The keys of one limiter scope of `user`, in `LIMITER_SUFFIXES` order."""
         base = f"{self._prefix}:rl:{self.user_tag(user)}:{scope}"
         return tuple(f"{base}:{suffix}" for suffix in LIMITER_SUFFIXES)
+
+
+_DIGESTS_KEPT = 100_000
 
 
 def _digest(user: str) -> str:

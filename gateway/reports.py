@@ -1,8 +1,8 @@
 """Usage reports read from the ledger: sums by day, model and user, and the records themselves.
 
-The sums come from the hashes `lua/ledger_append.lua` keeps beside the stream (a day's sums of
-every user, and each user's sums of a month), so a report reads a few hashes, never the
-records. Days are UTC days. The export reads the stream itself, page by page.
+The sums come from what `lua/ledger_append.lua` keeps beside the stream (each user's sums of a
+month by day and model, and each day's set of users), so a report reads a few hashes per user,
+never the records. Days are UTC days. The export reads the stream itself, page by page.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ MAX_DAYS = 366
 REPORT_TIMEOUT = 10.0
 """Seconds a report may take in Redis: it reads up to a year of hashes, unlike the hot path."""
 EXPORT_PAGE = 1000
+READ_CHUNK = 1000
+"""Hashes read per round trip by a report."""
 EXPORT_FIELDS = tuple(UsageRecord.__struct_fields__)
 
 _record_decoder = msgspec.json.Decoder(UsageRecord)
@@ -92,39 +94,45 @@ class UsageReports:
     async def _sums(
         self, first: dt.date, last: dt.date, user: str | None
     ) -> AsyncIterator[tuple[str, str, str, str, int]]:
-        """(day, user, model, measure, amount) of every sum field in range (and of `user`)."""
-        if user is not None:  # the user's month hashes: a few small reads
-            months = sorted({d.isoformat()[:7] for d in days(first, last)})
-            names = [self._keys.ledger_user_month(user, m) for m in months]
-            for fields in await self._hgetall(names):
+        """(day, user, model, measure, amount) of the sum fields of the months in range, of
+        `user` or of every user with records in range: each user's month hash holds them."""
+        span = days(first, last)
+        users = [user] if user is not None else await self._users(span)
+        months = sorted({d.isoformat()[:7] for d in span})
+        pairs = [(who, month) for who in users for month in months]
+        for start in range(0, len(pairs), READ_CHUNK):
+            chunk = pairs[start : start + READ_CHUNK]
+            names = [self._keys.ledger_user_month(who, month) for who, month in chunk]
+            for (who, _), fields in zip(chunk, await self._read("hgetall", names), strict=True):
                 for field, amount in fields.items():
                     day, model, measure = field.decode().split("\t")
-                    yield day, user, model, measure, int(amount)
-            return
-        span = days(first, last)
-        names = [self._keys.ledger_day(d.isoformat()) for d in span]
-        for date, fields in zip(span, await self._hgetall(names), strict=True):
-            for field, amount in fields.items():
-                who, model, measure = field.decode().split("\t")
-                yield date.isoformat(), who, model, measure, int(amount)
+                    yield day, who, model, measure, int(amount)
 
-    async def _hgetall(self, names: list[str]) -> list[dict[bytes, bytes]]:
-        async def read(r: Any) -> list[dict[bytes, bytes]]:
+    async def _users(self, span: list[dt.date]) -> list[str]:
+        """Every user with records on one of these days."""
+        names = [self._keys.ledger_users(d.isoformat()) for d in span]
+        found: set[bytes] = set()
+        for members in await self._read("smembers", names):
+            found |= members
+        return sorted(member.decode() for member in found)
+
+    async def _read(self, command: str, names: list[str]) -> list[Any]:
+        """One read command for each key, in one pipeline."""
+
+        async def read(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             for name in names:
-                pipe.hgetall(name)
+                getattr(pipe, command)(name)
             return list(await pipe.execute())
 
-        result: list[dict[bytes, bytes]] = await self._store.call(
-            read, "usage_report", seconds=REPORT_TIMEOUT
-        )
+        result: list[Any] = await self._store.call(read, "usage_report", seconds=REPORT_TIMEOUT)
         return result
 
     async def caller(self, user: str) -> dict[str, Any]:
         """`user`'s usage of today and of this month, in all and by model."""
         now = today()
         month = now.isoformat()[:7]
-        (fields,) = await self._hgetall([self._keys.ledger_user_month(user, month)])
+        (fields,) = await self._read("hgetall", [self._keys.ledger_user_month(user, month)])
         periods = {"today": _Period(now.isoformat()), "this_month": _Period(month)}
         for field, amount in fields.items():
             day, model, measure = field.decode().split("\t")

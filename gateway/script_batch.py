@@ -43,17 +43,18 @@ class _Call:
 
 def _packed(call: _Call) -> bytes:
     """EVALSHA of one call in the Redis protocol (RESP): text, bytes and numbers."""
-    items = [b"EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args]
-    parts = [b"*%d\r\n" % len(items)]
+    items = [call.script.sha, len(call.keys), *call.keys, *call.args]
+    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(items) + 1)]
     for item in items:
-        if isinstance(item, str):
+        kind = type(item)
+        if kind is str:
             data = item.encode()
-        elif isinstance(item, bytes):
+        elif kind is bytes:
             data = item
-        elif isinstance(item, int | float) and not isinstance(item, bool):
+        elif kind is int or kind is float:
             data = repr(item).encode()
         else:
-            raise TypeError(f"cannot send {type(item).__name__} to Redis")
+            raise TypeError(f"cannot send {kind.__name__} to Redis")
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 

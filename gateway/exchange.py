@@ -21,6 +21,8 @@ class Exchange:
     """The id of its usage record (unique, unlike a client's request id): the idempotency
     key of the record's write."""
     body_size: int = 0
+    checkpointed: bool = False
+    """A running stream's progress was saved (see ledger.py)."""
     method: str = "POST"
     path: str = ""
     model: str | None = None

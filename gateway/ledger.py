@@ -1,8 +1,9 @@
 """The usage ledger: one record per request, written to Redis off the request path.
 
 `Ledger.record` only appends to an in-memory queue; a background task writes the queue in
-batches (`lua/ledger_append.lua`: the stream entry and the sums in one atomic step, idempotent
-by record id). While Redis cannot take them, records wait and are retried; the queue is bounded
+batches (`lua/ledger_append.lua`: the stream entry and the sums in one atomic step, exactly
+once: each record is numbered in its writer's order and Redis skips numbers already applied).
+While Redis cannot take them, records wait and are retried; the queue is bounded
 (`ledger.buffer_records`), and a record that must be dropped is logged. At shutdown the queue
 is written out before the process exits.
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -72,18 +75,21 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
     usage_estimated: bool = False
     """The provider's usage is unknown (the stream was broken off): the tokens are estimated
     from the request's size and the frames streamed, as the quota charged them."""
+    checkpointed: bool = False
+    """The stream's progress was saved while it ran: another replica may write this record
+    (from the save) if this one seems dead, so its write is also checked by id."""
 
     def day(self) -> str:
         """The UTC day the request arrived, ``YYYY-MM-DD``."""
         return _day(int(self.time // 86_400))
 
-    def append_args(self, keys: RedisKeys) -> tuple[tuple[str, str, str], list[Any]]:
-        """This record's keys and arguments in a call of `lua/ledger_append.lua`: its id, its
-        JSON, its user, the prefix of its sum fields (``day TAB model TAB``), and whether a
-        running stream's save may exist for it (a stream, or an orphan)."""
+    def append_args(self, keys: RedisKeys, number: int) -> tuple[tuple[str, str, str], list[Any]]:
+        """This record's keys and arguments in a call of `lua/ledger_append.lua`: its number
+        in its writer's order, id, JSON, user, the prefix of its sum fields
+        (``day TAB model TAB``), and whether its stream's progress was saved."""
         day, user = self.day(), self.user or "-"
-        saved = "1" if self.stream else ""
-        args = [self.id, encode(self), user, f"{day}\t{self.model or '-'}\t", saved]
+        saved = "1" if self.checkpointed else ""
+        args = [number, self.id, encode(self), user, f"{day}\t{self.model or '-'}\t", saved]
         return keys.ledger_record(self.id, day, user), args
 
 
@@ -115,15 +121,18 @@ def record_of(ex: Exchange, log: dict[str, Any]) -> UsageRecord:
         record.response_id = ex.outcome.response_id if ex.outcome is not None else None
     elif ex.partly_delivered:
         _estimate(record, ex, ex.output_estimate)
+    record.checkpointed = ex.checkpointed
     return record
 
 
 def progress_of(ex: Exchange, frames: int, first_token_at: float | None) -> UsageRecord:
-    """A running stream's usage so far, as the record to write should its replica die."""
+    """A running stream's usage so far, as the record to write should its replica die; `ex`
+    is marked as saved (its own record may then race the one written from the save)."""
     now = time.perf_counter()
     ttft = None if first_token_at is None else round((first_token_at - ex.started) * 1000, 3)
     record = _record(ex, "interrupted", round((now - ex.started) * 1000, 3), ttft)
     _estimate(record, ex, frames)
+    record.checkpointed = ex.checkpointed = True
     return record
 
 
@@ -189,7 +198,11 @@ class Ledger:
         self._save_script = store.script("ledger_save")
         self._orphans_script = store.script("ledger_orphans")
         self._batch = ScriptBatcher(store, "ledger", log)
-        self._queue: deque[UsageRecord] = deque()
+        self._queue: deque[tuple[int, UsageRecord]] = deque()
+        """Records not yet written, with their numbers in this writer's order."""
+        self._numbers = itertools.count(1)
+        self._writer = secrets.token_hex(8)
+        """This process's writer id: Redis keeps the last record number it applied."""
         self._saves: dict[str, UsageRecord] = {}
         """Running streams' usage so far, not yet saved (the latest of each)."""
         self._wake = asyncio.Event()
@@ -213,8 +226,8 @@ class Ledger:
         """Queue a record; never waits, never fails."""
         self._saves.pop(record.id, None)  # the end supersedes any progress not yet saved
         if len(self._queue) >= self._settings.buffer_records:
-            self._drop(self._queue.popleft(), backlog=len(self._queue))
-        self._queue.append(record)
+            self._drop(self._queue.popleft()[1], backlog=len(self._queue))
+        self._queue.append((next(self._numbers), record))
         self._wake.set()
 
     def follow(self, progress: Callable[[], UsageRecord]) -> Following:
@@ -251,9 +264,13 @@ class Ledger:
                 # and at a few thousand requests/s, writing each few at once costs more than
                 # all the rest of the ledger together.
                 await asyncio.sleep(LINGER)
-            if self._saves:
-                await self._write_saves()
-            written = await self._write_batch()
+            try:
+                if self._saves:
+                    await self._write_saves()
+                written = await self._write_batch()
+            except Exception:  # a bug here must not stop the ledger: say it, keep the records
+                self._log.exception("ledger_writer_failed", backlog=len(self._queue))
+                written = False
             self._metrics.ledger_backlog.set(len(self._queue))
             if written:
                 failures = 0
@@ -264,29 +281,31 @@ class Ledger:
     async def _write_batch(self) -> bool:
         """Write the oldest records; False (keeping them queued) when Redis cannot take them."""
         batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+        if not batch:
+            return True
         settings = self._settings
         retention_s = int(settings.retention_days * 86_400)
-        head = [settings.dedupe_seconds, retention_s * 1000, retention_s + 86_400]
+        head = [settings.dedupe_seconds, retention_s * 1000, retention_s + 86_400, self._writer]
         chunks = [batch[i : i + PER_CALL] for i in range(0, len(batch), PER_CALL)]
         calls = []
-        for chunk in chunks:
+        for chunk in chunks:  # in order: a number is applied only after every smaller one
             keys, args = self._keys.ledger(), list(head)
-            for record in chunk:
-                record_keys, record_args = record.append_args(self._keys)
+            for number, record in chunk:
+                record_keys, record_args = record.append_args(self._keys, number)
                 keys += record_keys
                 args += record_args
             calls.append(self._batch.run(self._script, keys, args))
         results = await asyncio.gather(*calls, return_exceptions=True)
         for chunk, result in zip(chunks, results, strict=True):
             if isinstance(result, ScriptRefused):  # it would be refused forever
-                for record in chunk:
+                for _, record in chunk:
                     self._drop(record, error=str(result)[:200])
             elif isinstance(result, BaseException):
                 return False  # unreachable or slow: keep them all, retry (writes count once)
         # Written (or found already written): only now do they leave the queue. The queue may
-        # have dropped its oldest meanwhile (full), so leave by id, not by count.
-        done = {record.id for record in batch}
-        while self._queue and self._queue[0].id in done:
+        # have dropped its oldest meanwhile (full), so leave by number, not by count.
+        last = batch[-1][0]
+        while self._queue and self._queue[0][0] <= last:
             self._queue.popleft()
         self.written += len(batch)
         self._metrics.ledger_written.inc(len(batch))

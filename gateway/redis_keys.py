@@ -16,7 +16,8 @@ key                                    type     holds
 ``gw:rl:{u:<user tag>}:<scope>:day``   hash     tokens used on the current UTC day
 ``gw:rl:{u:<user tag>}:<scope>:conc``  zset     concurrency slots, scored by lease expiry
 ``gw:{ledger}:stream``                 stream   one usage record per request
-``gw:{ledger}:seen:<record id>``       string   a record already written (idempotency)
+``gw:{ledger}:applied``                hash     each writer's last applied record number
+``gw:{ledger}:seen:<record id>``       string   a saved stream's record, written (idempotency)
 ``gw:{ledger}:users:<YYYY-MM-DD>``     set      the users with records of the day
 ``gw:{ledger}:user:<user tag>:<YYYY-MM>``  hash  a user's sums of the month, by day and model
 ``gw:{ledger}:running``                hash     the usage so far of streams still running
@@ -78,9 +79,9 @@ class RedisKeys:
         return [self.user_override(user), self.pending(user)]
 
     def ledger(self) -> list[str]:
-        """The keys `lua/ledger_append.lua` takes first: the stream, and the running streams'
-        saves."""
-        return [self.ledger_stream(), *self.ledger_running()]
+        """The keys `lua/ledger_append.lua` takes first: the stream, the running streams'
+        saves, and the writers' last applied record numbers."""
+        return [self.ledger_stream(), *self.ledger_running(), f"{self._prefix}:{{ledger}}:applied"]
 
     def ledger_record(self, record_id: str, day: str, user: str) -> tuple[str, str, str]:
         """The keys `lua/ledger_append.lua` takes for each record, of `user` on `day`

@@ -142,25 +142,61 @@ def _sums(client: redis.Redis, user: str, day: str) -> dict[str, int]:
     return {k.split("\t")[2]: int(v) for k, v in month.items()}
 
 
-def test_a_retried_write_counts_once(redis_server: RedisServer) -> None:
-    """The append script is idempotent by record id: the stream and the sums change once."""
-    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+def _append(client: redis.Redis, writer: str, *numbered: tuple[int, UsageRecord]) -> Any:
+    """One call of ledger_append.lua, as the writer `writer` makes it."""
     script = client.register_script(
         (Path(__file__).resolve().parents[1] / "gateway" / "lua" / "ledger_append.lua").read_text()
     )
-    record = UsageRecord(
-        id=uuid.uuid4().hex, request_id="req-1", time=time.time(), end="completed", status=200,
-        stream=False, user=f"once-{uuid.uuid4().hex[:8]}", model="m", total_tokens=42,
-    )  # fmt: skip
-    record_keys, record_args = record.append_args(RedisKeys())
-    keys = [*RedisKeys().ledger(), *record_keys]
-    args: list[Any] = [86_400, 30 * 86_400_000, 31 * 86_400, *record_args]
-    assert [script(keys=keys, args=args) for _ in range(3)] == [1, 0, 0]
-    assert len(_records(client, record.user or "")) == 1
-    assert client.sismember(record_keys[1], record.user or "")
-    assert client.hget(record_keys[2], f"{record.day()}\tm\ttotal_tokens") == "42"
-    assert client.hget(record_keys[2], f"{record.day()}\tm\trequests") == "1"
-    assert client.ttl(record_keys[0]) > 0
+    keys = RedisKeys().ledger()
+    args: list[Any] = [86_400, 30 * 86_400_000, 31 * 86_400, writer]
+    for number, record in numbered:
+        record_keys, record_args = record.append_args(RedisKeys(), number)
+        keys += record_keys
+        args += record_args
+    return script(keys=keys, args=args)
+
+
+def _record(user: str, **fields: Any) -> UsageRecord:
+    base: dict[str, Any] = {
+        "id": uuid.uuid4().hex,
+        "request_id": "req-1",
+        "time": time.time(),
+        "end": "completed",
+        "status": 200,
+        "stream": False,
+        "model": "m",
+    }
+    return UsageRecord(user=user, **{**base, **fields})  # fmt: skip
+
+
+def test_a_retried_write_counts_once(redis_server: RedisServer) -> None:
+    """A writer's calls retried (after a timeout, Redis may have run them) change nothing the
+    second time, also when a retry carries more records than the first attempt."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    user = f"once-{uuid.uuid4().hex[:8]}"
+    first, second = _record(user, total_tokens=42), _record(user, total_tokens=8)
+    writer = uuid.uuid4().hex
+    assert [_append(client, writer, (1, first)) for _ in range(3)] == [1, 0, 0]
+    assert _append(client, writer, (1, first), (2, second)) == 1
+    assert _append(client, writer, (1, first), (2, second)) == 0
+    assert len(_records(client, user)) == 2
+    month = RedisKeys().ledger_user_month(user, first.day()[:7])
+    assert client.hget(month, f"{first.day()}\tm\ttotal_tokens") == "50"
+    assert client.hget(month, f"{first.day()}\tm\trequests") == "2"
+    assert client.sismember(RedisKeys().ledger_users(first.day()), user)
+    assert not client.exists(f"gw:{{ledger}}:seen:{first.id}")  # no marker: none needed
+
+
+def test_a_saved_streams_record_is_written_once_by_any_writer(redis_server: RedisServer) -> None:
+    """The record of a stream whose progress was saved may come from its own replica and from
+    another that took it for dead: whichever comes first counts, the other changes nothing."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    user = f"twice-{uuid.uuid4().hex[:8]}"
+    record = _record(user, total_tokens=42, stream=True, checkpointed=True)
+    assert _append(client, uuid.uuid4().hex, (7, record)) == 1
+    assert _append(client, uuid.uuid4().hex, (1, record)) == 0
+    assert len(_records(client, user)) == 1
+    assert client.ttl(f"gw:{{ledger}}:seen:{record.id}") > 0
 
 
 @pytest.fixture

@@ -30,7 +30,15 @@ local minid = tostring(now - tonumber(ARGV[2])) .. "-0"
 local dedupe = tonumber(ARGV[1])
 local applied = tonumber(redis.call("HGET", KEYS[4], ARGV[4]) or "0")
 local last = applied
-local expiring = {}
+local users, increments = {}, {}  -- key -> member -> 1; key -> field -> amount
+local function add(into, key, field, amount)
+  local fields = into[key]
+  if not fields then
+    fields = {}
+    into[key] = fields
+  end
+  fields[field] = (fields[field] or 0) + amount
+end
 local written = 0
 for i = 1, (#KEYS - 4) / 3 do
   local k = 5 + 3 * (i - 1)
@@ -46,18 +54,16 @@ for i = 1, (#KEYS - 4) / 3 do
     end
     if fresh then
       redis.call("XADD", KEYS[1], "MINID", "~", minid, "*", "r", ARGV[a + 2])
-      redis.call("SADD", KEYS[k + 1], ARGV[a + 3])
+      add(users, KEYS[k + 1], ARGV[a + 3], 1)
       local record = cjson.decode(ARGV[a + 2])
       local sums, prefix = KEYS[k + 2], ARGV[a + 4]
-      redis.call("HINCRBY", sums, prefix .. "requests", 1)
+      add(increments, sums, prefix .. "requests", 1)
       for _, measure in ipairs(MEASURES) do
         local amount = record[measure]
         if amount and amount ~= 0 then
-          redis.call("HINCRBY", sums, prefix .. measure, amount)
+          add(increments, sums, prefix .. measure, amount)
         end
       end
-      expiring[KEYS[k + 1]] = true
-      expiring[sums] = true
       written = written + 1
     end
   end
@@ -66,7 +72,18 @@ if last > applied then
   redis.call("HSET", KEYS[4], ARGV[4], last)
   redis.call("EXPIRE", KEYS[4], dedupe)
 end
-for key in pairs(expiring) do
-  redis.call("EXPIRE", key, tonumber(ARGV[3]))
+-- One command per user and day, and per sum field, however many records share them.
+local ttl = tonumber(ARGV[3])
+for key, members in pairs(users) do
+  for member in pairs(members) do
+    redis.call("SADD", key, member)
+  end
+  redis.call("EXPIRE", key, ttl)
+end
+for key, fields in pairs(increments) do
+  for field, amount in pairs(fields) do
+    redis.call("HINCRBY", key, field, amount)
+  end
+  redis.call("EXPIRE", key, ttl)
 end
 return written

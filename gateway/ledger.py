@@ -147,7 +147,7 @@ def _record(ex: Exchange, end: str, latency_ms: float, ttft_ms: float | None) ->
         user=ex.caller,
         key_id=ex.key_id,
         team=ex.team,
-        model=ex.model,
+        model=ex.model if ex.provider is not None else None,  # a served model, never any text
         provider=ex.provider,
         upstream_model=ex.upstream_model,
         latency_ms=latency_ms,
@@ -286,29 +286,31 @@ class Ledger:
         settings = self._settings
         retention_s = int(settings.retention_days * 86_400)
         head = [settings.dedupe_seconds, retention_s * 1000, retention_s + 86_400, self._writer]
-        chunks = [batch[i : i + PER_CALL] for i in range(0, len(batch), PER_CALL)]
-        calls = []
-        for chunk in chunks:  # in order: a number is applied only after every smaller one
+        # One call at a time, awaited: Redis must apply a writer's numbers in order (it skips
+        # any number not above the last applied), and calls of one pipeline may not run in
+        # order (after a NOSCRIPT, the refused ones are sent again after the others ran).
+        for start in range(0, len(batch), PER_CALL):
+            chunk = batch[start : start + PER_CALL]
             keys, args = self._keys.ledger(), list(head)
             for number, record in chunk:
                 record_keys, record_args = record.append_args(self._keys, number)
                 keys += record_keys
                 args += record_args
-            calls.append(self._batch.run(self._script, keys, args))
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for chunk, result in zip(chunks, results, strict=True):
-            if isinstance(result, ScriptRefused):  # it would be refused forever
+            try:
+                await self._batch.run(self._script, keys, args)
+            except ScriptRefused as exc:  # it would be refused forever
                 for _, record in chunk:
-                    self._drop(record, error=str(result)[:200])
-            elif isinstance(result, BaseException):
-                return False  # unreachable or slow: keep them all, retry (writes count once)
-        # Written (or found already written): only now do they leave the queue. The queue may
-        # have dropped its oldest meanwhile (full), so leave by number, not by count.
-        last = batch[-1][0]
-        while self._queue and self._queue[0][0] <= last:
-            self._queue.popleft()
-        self.written += len(batch)
-        self._metrics.ledger_written.inc(len(batch))
+                    self._drop(record, error=str(exc)[:200])
+            except RedisUnavailable:
+                return False  # unreachable or slow: keep them, retry (writes count once)
+            else:
+                self.written += len(chunk)
+                self._metrics.ledger_written.inc(len(chunk))
+            # Written, found written, or dropped: only now do they leave the queue. The queue
+            # may have dropped its oldest meanwhile (full), so leave by number, not by count.
+            last = chunk[-1][0]
+            while self._queue and self._queue[0][0] <= last:
+                self._queue.popleft()
         return True
 
     async def _write_saves(self) -> None:
@@ -329,17 +331,23 @@ class Ledger:
         running = self._keys.ledger_running()
         while True:
             await asyncio.sleep(self._settings.orphan_seconds / 3)
-            with contextlib.suppress(RedisUnavailable, ScriptRefused):
+            try:
                 found = await self._batch.run(self._orphans_script, running, [orphan_ms, 100])
-                for i in range(0, len(found), 2):
+            except RedisUnavailable:  # logged by the store; the next round tries again
+                continue
+            for i in range(0, len(found), 2):
+                try:
                     record = _decoder.decode(found[i + 1])
-                    self._log.warning(
-                        "ledger_orphan_recorded",
-                        request_id=record.request_id,
-                        user=record.user,
-                        output_tokens=record.output_tokens,
-                    )
-                    self.record(record)
+                except msgspec.DecodeError:  # not a record this version can read: say so
+                    self._log.error("ledger_orphan_unreadable", id=found[i].decode())
+                    continue
+                self._log.warning(
+                    "ledger_orphan_recorded",
+                    request_id=record.request_id,
+                    user=record.user,
+                    output_tokens=record.output_tokens,
+                )
+                self.record(record)
 
     def _drop(self, record: UsageRecord, **why: Any) -> None:
         self.dropped += 1

@@ -11,6 +11,7 @@ cannot create series by sending made-up names.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from collections.abc import Callable
@@ -188,7 +189,8 @@ def _forget_dead_workers(path: str) -> None:
     for file in glob.glob(os.path.join(path, "gauge_live*_*.db")):
         pid = int(file.rsplit("_", 1)[1].removesuffix(".db"))
         if not _alive(pid):
-            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+            with contextlib.suppress(FileNotFoundError):  # a concurrent scrape was first
+                mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 def _alive(pid: int) -> bool:

@@ -126,9 +126,12 @@ class RedisStore:
         operation: Callable[[aioredis.Redis], Awaitable[T]],
         what: str,
         seconds: float | None = None,
+        *,
+        verdict: bool = True,
     ) -> T:
         """Run `operation` with the client, within `seconds` (default `redis.timeout`);
-        `RedisUnavailable` if not."""
+        `RedisUnavailable` if not. `verdict=False`: a failure says nothing about Redis's
+        health (a long report, a query an admin got wrong): the breaker does not count it."""
         if not self.breaker.allow():
             self.failures += 1
             self._errors(what).inc()
@@ -142,6 +145,10 @@ class RedisStore:
                 raise
             self.failures += 1
             self._errors(what).inc()
+            if not verdict:
+                self.breaker.release_probe()
+                self._log.warning("redis_error", operation=what, error=type(exc).__name__)
+                raise RedisUnavailable(f"{what}: {type(exc).__name__}") from exc
             opened = self.breaker.failure()
             self._log.warning(
                 "redis_error",

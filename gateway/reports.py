@@ -105,7 +105,7 @@ class UsageReports:
             names = [self._keys.ledger_user_month(who, month) for who, month in chunk]
             for (who, _), fields in zip(chunk, await self._read("hgetall", names), strict=True):
                 for field, amount in fields.items():
-                    day, model, measure = field.decode().split("\t")
+                    day, model, measure = _sum_field(field)
                     yield day, who, model, measure, int(amount)
 
     async def _users(self, span: list[dt.date]) -> list[str]:
@@ -125,7 +125,9 @@ class UsageReports:
                 getattr(pipe, command)(name)
             return list(await pipe.execute())
 
-        result: list[Any] = await self._store.call(read, "usage_report", seconds=REPORT_TIMEOUT)
+        result: list[Any] = await self._store.call(
+            read, "usage_report", seconds=REPORT_TIMEOUT, verdict=False
+        )
         return result
 
     async def caller(self, user: str) -> dict[str, Any]:
@@ -135,7 +137,7 @@ class UsageReports:
         (fields,) = await self._read("hgetall", [self._keys.ledger_user_month(user, month)])
         periods = {"today": _Period(now.isoformat()), "this_month": _Period(month)}
         for field, amount in fields.items():
-            day, model, measure = field.decode().split("\t")
+            day, model, measure = _sum_field(field)
             periods["this_month"].add(model, measure, int(amount))
             if day == now.isoformat():
                 periods["today"].add(model, measure, int(amount))
@@ -153,7 +155,9 @@ class UsageReports:
             async def read(r: Any, page: str = page) -> list[Any]:
                 return list(await r.xrange(stream, min=page, max="+", count=EXPORT_PAGE))
 
-            entries = await self._store.call(read, "usage_export", seconds=REPORT_TIMEOUT)
+            entries = await self._store.call(
+                read, "usage_export", seconds=REPORT_TIMEOUT, verdict=False
+            )
             for _, fields in entries:
                 record = _record_decoder.decode(fields[b"r"])
                 if since <= record.time < until:
@@ -162,6 +166,13 @@ class UsageReports:
                 return
             last = entries[-1][0].decode()
             start = "(" + last  # exclusive: the next page starts after the last entry
+
+
+def _sum_field(field: bytes) -> tuple[str, str, str]:
+    """``day TAB model TAB measure`` (the model is the part between the first and last TAB)."""
+    day, rest = field.decode().split("\t", 1)
+    model, measure = rest.rsplit("\t", 1)
+    return day, model, measure
 
 
 class _Period:

@@ -19,6 +19,10 @@ from .redis_store import RedisStore, RedisUnavailable
 Orphan = Callable[[Any], None]
 
 
+_TRANSIENT = ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+"""Error replies that say Redis could not run the call now, not that the call is wrong."""
+
+
 class ScriptRefused(RedisUnavailable):
     """The script itself failed on this call (Redis is fine): sending it again fails again."""
 
@@ -114,7 +118,13 @@ class ScriptBatcher:
                     call.future.set_exception(RedisUnavailable(str(exc), maybe_ran=exc.maybe_ran))
             return
         for call, result in zip(batch, results, strict=True):
-            if isinstance(result, ResponseError):  # a script error: Redis itself is fine
+            if isinstance(result, ResponseError) and str(result).startswith(_TRANSIENT):
+                # Redis cannot run scripts right now (out of memory, a replica after a
+                # failover, loading, another script running): it did not run; try again.
+                self._log.warning("redis_busy", operation=self._what, detail=str(result)[:200])
+                if not call.future.done():
+                    call.future.set_exception(RedisUnavailable(str(result), maybe_ran=False))
+            elif isinstance(result, ResponseError):  # a script error: Redis itself is fine
                 self._log.error("redis_script_error", operation=self._what, detail=str(result))
                 result = ScriptRefused(f"{self._what}: {result}")
                 if not call.future.done():

@@ -349,6 +349,12 @@ def _check_references(settings: Settings, source: str) -> None:
             f"({3 * ledger.checkpoint_seconds:g}), got {ledger.orphan_seconds:g}: a running "
             "stream would be taken for one whose replica died"
         )
+    if ledger.dedupe_seconds < 10 * ledger.orphan_seconds:
+        raise ConfigError(
+            f"{source}: ledger.dedupe_seconds: expected at least 10 times ledger.orphan_seconds "
+            f"({10 * ledger.orphan_seconds:g}), got {ledger.dedupe_seconds}: a stream's record "
+            "and the one written from its save could then both count"
+        )
 
 
 def _check_auth(settings: Settings, source: str) -> None:

@@ -33,6 +33,7 @@ from .reports import (
 from .runtime import Runtime
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_LATEST = 4_102_444_800.0  # 2100-01-01, Unix seconds
 
 
 class UsageAdminController(Controller):
@@ -83,15 +84,18 @@ class UsageAdminController(Controller):
                 f"Invalid 'format': expected jsonl or csv, got `{format}`.", param="format"
             )
         records = _reports(runtime).records(start, end)
+        # The first page is read before the answer starts: Redis failing is still a 503.
+        first = await anext(records, None)
 
         async def lines() -> AsyncIterator[bytes]:
+            line = csv_line if format == "csv" else jsonl_line
             if format == "csv":
                 yield csv_header()
-                async for record in records:
-                    yield csv_line(record)
-            else:
-                async for record in records:
-                    yield jsonl_line(record)
+            if first is None:
+                return
+            yield line(first)
+            async for record in records:
+                yield line(record)
 
         media = "text/csv" if format == "csv" else "application/x-ndjson"
         return Stream(lines(), media_type=media)
@@ -141,17 +145,19 @@ def _instant(text: str, param: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
-        pass
-    else:
-        if math.isfinite(seconds):
-            return seconds
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
+        try:
+            when = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidRequest(
+                f"Invalid '{param}': expected an ISO 8601 date or time, or Unix seconds, "
+                f"got `{text}`.",
+                param=param,
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp()
+    if not (math.isfinite(seconds) and 0 <= seconds <= _LATEST):
         raise InvalidRequest(
-            f"Invalid '{param}': expected an ISO 8601 date or time, or Unix seconds, got `{text}`.",
-            param=param,
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+            f"Invalid '{param}': expected a time from 1970 to 2100, got `{text}`.", param=param
+        )
+    return seconds

@@ -24,7 +24,7 @@ _PATH = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
 class ResponsesRequest(msgspec.Struct, frozen=True):
     """The checked part of a request; unknown fields are ignored here and forwarded as sent."""
 
-    model: Annotated[str, msgspec.Meta(min_length=1)]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     input: str | list[dict[str, msgspec.Raw]]
     instructions: str | None = None
     stream: bool | None = False

@@ -184,11 +184,11 @@ def test_a_caller_sees_its_own_usage_and_what_remains(
     scopes = {s["scope"]: s["limits"] for s in body["limits"]}
     assert set(scopes) == {"user", "model:mock-mini"}
     user = scopes["user"]
-    if time.time() - traffic["started"] < 55:  # all five still in the last minute
-        assert user["requests_per_minute"] == {"limit": 50, "used": 5, "remaining": 45}
-        tokens = sum(u["total_tokens"] for u in everything)  # settled to the real usage
-        assert user["tokens_per_minute"]["used"] == tokens
-        assert scopes["model:mock-mini"]["requests_per_minute"]["used"] == 2
+    assert time.time() - traffic["started"] < 55, "too slow: the traffic left the last minute"
+    assert user["requests_per_minute"] == {"limit": 50, "used": 5, "remaining": 45}
+    tokens = sum(u["total_tokens"] for u in everything)  # settled to the real usage
+    assert user["tokens_per_minute"]["used"] == tokens
+    assert scopes["model:mock-mini"]["requests_per_minute"]["used"] == 2
     assert user["tokens_per_day"]["used"] == sum(u["total_tokens"] for u in everything)
     assert user["concurrent_requests"] == {"limit": 4, "used": 0, "remaining": 4}
 
@@ -243,6 +243,10 @@ def test_export_range_and_errors(reporting: ServerProcess, traffic: dict[str, An
     users = {traffic["alice"], traffic["bob"]}
     assert not [line for line in before.stdout.decode().splitlines()
                 if json.loads(line)["user"] in users]  # fmt: skip
+    for since in ("-1", "1e300", "0001-01-01"):
+        out_of_range = _export(reporting.url, "--since", since)
+        assert out_of_range.returncode == 1
+        assert b"HTTP 400" in out_of_range.stderr
     bad = _export(reporting.url, "--since", "last tuesday")
     assert bad.returncode == 1
     assert b"HTTP 400" in bad.stderr
@@ -255,3 +259,34 @@ def test_export_range_and_errors(reporting: ServerProcess, traffic: dict[str, An
     )
     assert no_key.returncode == 2
     assert b"GATEWAY_ADMIN_KEY" in no_key.stderr
+
+
+def test_a_made_up_model_name_never_reaches_the_sums(
+    reporting: ServerProcess, redis_server: RedisServer, secrets_seen: list[str]
+) -> None:
+    """An unknown model (404) is recorded without the client's text: a name with a TAB, or a
+    new name per request, must not break the reports or grow the sums."""
+    user = f"odd-{uuid.uuid4().hex[:6]}"
+    _, key = create_key(reporting.url, secrets_seen, user=user)
+    for model in ("no\tsuch\tmodel", f"made-up-{uuid.uuid4().hex}"):
+        response = httpx.post(
+            f"{reporting.url}/v1/responses",
+            json={"model": model, "input": "x"},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        assert response.status_code == 404
+    too_long = httpx.post(
+        f"{reporting.url}/v1/responses",
+        json={"model": "m" * 257, "input": "x"},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["param"] == "model"
+    eventually(lambda: len(_records(redis_server.client(), {user})) == 3)
+    assert all(r.model is None for r in _records(redis_server.client(), {user}))
+    report = _report(reporting.url, user=user, group_by="model")
+    assert report.status_code == 200
+    assert report.json()["data"] == [{"model": "-", **dict.fromkeys(MEASURES, 0), "requests": 3}]
+    mine = httpx.get(f"{reporting.url}/v1/usage", headers={"authorization": f"Bearer {key}"})
+    assert mine.status_code == 200
+    assert mine.json()["today"]["requests"] == 3

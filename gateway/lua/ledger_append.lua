@@ -68,10 +68,6 @@ for i = 1, (#KEYS - 4) / 3 do
     end
   end
 end
-if last > applied then
-  redis.call("HSET", KEYS[4], ARGV[4], last)
-  redis.call("EXPIRE", KEYS[4], dedupe)
-end
 -- One command per user and day, and per sum field, however many records share them.
 local ttl = tonumber(ARGV[3])
 for key, members in pairs(users) do
@@ -85,5 +81,10 @@ for key, fields in pairs(increments) do
     redis.call("HINCRBY", key, field, amount)
   end
   redis.call("EXPIRE", key, ttl)
+end
+-- Last: a script that failed above (Redis does not undo it) leaves these numbers unapplied.
+if last > applied then
+  redis.call("HSET", KEYS[4], ARGV[4], last)
+  redis.call("EXPIRE", KEYS[4], dedupe)
 end
 return written

@@ -10,8 +10,9 @@ is written out before the process exits.
 A replica killed mid-stream cannot write anything: so a stream that runs longer than
 `ledger.checkpoint_seconds` has its usage so far saved in Redis at that interval
 (`lua/ledger_save.lua`), and every replica looks for saves older than `ledger.orphan_seconds`
-(`lua/ledger_orphans.lua`): their replica died, and the last save becomes the record
-(``end: interrupted``, estimated usage). The stream's own record, when it ends, removes its save.
+(`lua/ledger_orphans.lua`) whose writer gave no sign of life for as long: their replica died,
+and the last save becomes the record (``end: interrupted``, estimated usage). The stream's own
+record, when it ends, removes its save.
 """
 
 from __future__ import annotations
@@ -316,10 +317,10 @@ class Ledger:
     async def _write_saves(self) -> None:
         """Save running streams' progress; one that fails is not retried: the next is due."""
         saves, self._saves = self._saves, {}
-        running = self._keys.ledger_running()
+        keys = [*self._keys.ledger_running(), self._keys.ledger_writers()[0]]
         await asyncio.gather(
             *(
-                self._batch.run(self._save_script, running, [r.id, encode(r)])
+                self._batch.run(self._save_script, keys, [r.id, self._writer, encode(r)])
                 for r in saves.values()
             ),
             return_exceptions=True,
@@ -327,12 +328,18 @@ class Ledger:
 
     async def _adopt_orphans_forever(self) -> None:
         """Write the records of streams whose replica died (its saves stopped)."""
-        orphan_ms = int(self._settings.orphan_seconds * 1000)
-        running = self._keys.ledger_running()
+        settings = self._settings
+        orphan_ms, dedupe_ms = int(settings.orphan_seconds * 1000), settings.dedupe_seconds * 1000
+        args = [orphan_ms, 100, self._writer, dedupe_ms]
+        keys = [
+            *self._keys.ledger_running(),
+            *self._keys.ledger_writers(),
+            self._keys.ledger_applied(),
+        ]
         while True:
-            await asyncio.sleep(self._settings.orphan_seconds / 3)
+            await asyncio.sleep(settings.orphan_seconds / 3)
             try:
-                found = await self._batch.run(self._orphans_script, running, [orphan_ms, 100])
+                found = await self._batch.run(self._orphans_script, keys, args)
             except RedisUnavailable:  # logged by the store; the next round tries again
                 continue
             for i in range(0, len(found), 2):

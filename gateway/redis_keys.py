@@ -22,6 +22,7 @@ key                                    type     holds
 ``gw:{ledger}:user:<user tag>:<YYYY-MM>``  hash  a user's sums of the month, by day and model
 ``gw:{ledger}:running``                hash     the usage so far of streams still running
 ``gw:{ledger}:running:saved``          zset     when each was last saved (orphans: long ago)
+``gw:{ledger}:writers[:since]``        hash     each writer's last sign of life; since when
 =====================================  =======  ===========================================
 
 The user tag is a digest of the user id: user ids come from identity providers and may hold
@@ -81,7 +82,11 @@ class RedisKeys:
     def ledger(self) -> list[str]:
         """The keys `lua/ledger_append.lua` takes first: the stream, the running streams'
         saves, and the writers' last applied record numbers."""
-        return [self.ledger_stream(), *self.ledger_running(), f"{self._prefix}:{{ledger}}:applied"]
+        return [self.ledger_stream(), *self.ledger_running(), self.ledger_applied()]
+
+    def ledger_applied(self) -> str:
+        """Each ledger writer's last applied record number."""
+        return f"{self._prefix}:{{ledger}}:applied"
 
     def ledger_record(self, record_id: str, day: str, user: str) -> tuple[str, str, str]:
         """The keys `lua/ledger_append.lua` takes for each record, of `user` on `day`
@@ -96,6 +101,11 @@ class RedisKeys:
         """The usage so far of running streams (hash), and when each was saved (zset)."""
         base = f"{self._prefix}:{{ledger}}"
         return [f"{base}:running", f"{base}:running:saved"]
+
+    def ledger_writers(self) -> list[str]:
+        """Each ledger writer's last sign of life, and since when it is in touch (hashes)."""
+        base = f"{self._prefix}:{{ledger}}"
+        return [f"{base}:writers", f"{base}:writers:since"]
 
     def ledger_stream(self) -> str:
         """The usage ledger."""

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.ledger import UsageRecord
+from gateway.ledger import UsageRecord, encode
 from gateway.redis_keys import RedisKeys
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.streams import expected_usage, recorded_transcripts
@@ -330,7 +330,7 @@ def test_a_long_stream_is_recorded_once_from_its_end(
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not seen_saved.is_set():
             entries: Any = client.hvals(running)
-            if any(json.loads(e)["user"] == user for e in entries):
+            if any(json.loads(e.split("\n", 1)[1])["user"] == user for e in entries):
                 seen_saved.set()
             time.sleep(0.05)
 
@@ -391,3 +391,38 @@ def test_recorded_transcripts_usage_lands_exactly_in_the_ledger(
     assert mine["requests"] == len(expected)
     assert mine["total_tokens"] == sum(u["total_tokens"] for u in expected.values())
     assert mine["output_tokens"] == sum(u["output_tokens"] for u in expected.values())
+
+
+def test_a_save_is_adopted_only_once_its_writer_is_silent(redis_server: RedisServer) -> None:
+    """Orphans are judged by their writer's sign of life, and only by a replica in touch for
+    the whole orphan delay: after an outage every save is old, yet its live writer keeps it."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    lua = Path(__file__).resolve().parents[1] / "gateway" / "lua"
+    save = client.register_script((lua / "ledger_save.lua").read_text())
+    orphans = client.register_script((lua / "ledger_orphans.lua").read_text())
+    keys = RedisKeys()
+    running, writers = keys.ledger_running(), keys.ledger_writers()
+    claim_keys = [*running, *writers, keys.ledger_applied()]
+    owner, other = f"owner-{uuid.uuid4().hex}", f"other-{uuid.uuid4().hex}"
+    record = _record(f"orphan-{uuid.uuid4().hex[:8]}", stream=True, checkpointed=True)
+
+    def claim(writer: str) -> list[Any]:
+        found: Any = orphans(keys=claim_keys, args=[300, 100, writer, 86_400_000])
+        return [f for f in found[::2] if f == record.id]
+
+    def rounds(seconds: float, *writers_in_touch: str) -> list[Any]:
+        """Each writer's orphan check every 0.1 s (a third of the delay, as replicas do)."""
+        found: list[Any] = []
+        for _ in range(int(seconds / 0.1)):
+            for writer in writers_in_touch:
+                found += claim(writer)
+            time.sleep(0.1)
+        return found
+
+    save(keys=[*running, writers[0]], args=[record.id, owner, encode(record)])
+    assert rounds(0.8, owner, other) == []  # the save grows old, but its writer is alive
+    newcomer = f"newcomer-{uuid.uuid4().hex}"
+    time.sleep(0.4)  # everyone silent (an outage): the owner looks dead to a newcomer...
+    assert claim(newcomer) == []  # ... who does not judge before being in touch 300 ms
+    adopted = rounds(0.6, other)  # the owner stays silent: it is dead
+    assert adopted == [record.id]  # claimed once, not handed out again while claimed

@@ -23,7 +23,7 @@ from gateway.ledger import UsageRecord, encode
 from gateway.redis_keys import RedisKeys
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.streams import expected_usage, recorded_transcripts
-from tests.support.admin import create_key, keyed_config
+from tests.support.admin import create_key, keyed_config, mock_config
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
 
@@ -31,19 +31,9 @@ MEASURES = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_t
 
 
 def _config(redis_url: str, mock: str, policy: str = "fail_closed") -> dict[str, Any]:
-    return {
-        "providers": {
-            "mock": {"base_url": mock + "/v1", "api_key": "${PROVIDER_KEY}"},
-            "nowhere": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"},
-        },
-        "models": [
-            {"name": "mock-gpt", "provider": "mock"},
-            {"name": "nowhere", "provider": "nowhere"},
-        ],
-        "redis": {"url": redis_url, "on_failure": policy, "breaker_cooldown": 0.5},
-        "auth": {"admin_key": "${ADMIN_KEY}"},
-        "limits": {"tiers": {"default": {"requests_per_minute": 6}}},
-    }
+    config = mock_config(redis_url, mock, policy, cooldown=0.5)
+    config["limits"] = {"tiers": {"default": {"requests_per_minute": 6}}}
+    return config
 
 
 @pytest.fixture(scope="module")

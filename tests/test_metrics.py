@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GatewayFactory, eventually
-from tests.support.admin import create_key
+from tests.support.admin import create_key, mock_config
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
 
@@ -30,26 +30,16 @@ _FAMILY = "#family"
 
 
 def _config(redis_url: str, mock: str, metrics_dir: Path, policy: str) -> dict[str, Any]:
-    return {
-        "providers": {
-            "mock": {"base_url": mock + "/v1", "api_key": "${PROVIDER_KEY}"},
-            "nowhere": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"},
-        },
-        "models": [
-            {"name": "mock-gpt", "provider": "mock"},
-            {"name": "nowhere", "provider": "nowhere"},
-        ],
-        "server": {"workers": 2},
-        "metrics": {"multiproc_dir": str(metrics_dir)},
-        "redis": {"url": redis_url, "on_failure": policy, "breaker_cooldown": 0.3},
-        "auth": {"admin_key": "${ADMIN_KEY}"},
-        "limits": {
-            "tiers": {
-                "default": {"requests_per_minute": 10_000},
-                "tight": {"requests_per_minute": 2},
-            }
-        },
+    config = mock_config(redis_url, mock, policy, cooldown=0.3)
+    config["server"] = {"workers": 2}
+    config["metrics"] = {"multiproc_dir": str(metrics_dir)}
+    config["limits"] = {
+        "tiers": {
+            "default": {"requests_per_minute": 10_000},
+            "tight": {"requests_per_minute": 2},
+        }
     }
+    return config
 
 
 def _samples(text: str) -> Samples:

@@ -43,3 +43,20 @@ def keyed_config(
         "auth": {"admin_key": "${ADMIN_KEY}", **auth},
         "limits": limits or {"tiers": {"default": {}}},
     }
+
+
+def mock_config(redis_url: str, mock_url: str, policy: str, cooldown: float) -> dict[str, Any]:
+    """A gateway in front of the product's upstream (`mock-gpt`) and of a provider nobody
+    listens for (`nowhere`), with keys and quotas in `redis_url`; no tier limits yet."""
+    return {
+        "providers": {
+            "mock": {"base_url": mock_url + "/v1", "api_key": "${PROVIDER_KEY}"},
+            "nowhere": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"},
+        },
+        "models": [
+            {"name": "mock-gpt", "provider": "mock"},
+            {"name": "nowhere", "provider": "nowhere"},
+        ],
+        "redis": {"url": redis_url, "on_failure": policy, "breaker_cooldown": cooldown},
+        "auth": {"admin_key": "${ADMIN_KEY}"},
+    }

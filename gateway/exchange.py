@@ -102,9 +102,9 @@ class Exchange:
             "upstream_status": self.upstream_status,
             "error_code": self.error_code,
             "stream_error": self.stream_error,
-            "latency_ms": _ms(self.started, now),
-            "ttfb_ms": _ms(self.started, self.first_byte_at),
-            "ttft_ms": _ms(self.started, self.first_token_at),
+            "latency_ms": elapsed_ms(self.started, now),
+            "ttfb_ms": elapsed_ms(self.started, self.first_byte_at),
+            "ttft_ms": elapsed_ms(self.started, self.first_token_at),
             "terminal_event": self.terminal_event,
             "response_id": self.outcome.response_id if self.outcome else None,
             "response_status": self.outcome.status if self.outcome else None,
@@ -127,5 +127,7 @@ _UPSTREAM_CODES = frozenset(
 )
 
 
-def _ms(start: float, end: float | None) -> float | None:
+def elapsed_ms(start: float, end: float | None) -> float | None:
+    """Milliseconds from `start` to `end` (`perf_counter()` values), rounded; None without
+    an end."""
     return None if end is None else round((end - start) * 1000, 3)

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from .exchange import Exchange
+from .exchange import Exchange, elapsed_ms
 from .limits import estimate_input_tokens
 from .metrics import Metrics
 from .redis_keys import RedisKeys
@@ -39,9 +39,9 @@ from .settings import LedgerSettings
 
 BATCH = 256
 PER_CALL = 32
+"""Records per call of `lua/ledger_append.lua`: few replies, and Redis busy ~0.3 ms at most."""
 LINGER = 0.01
 """Seconds the writer waits after the first new record before it writes."""
-"""Records per call of `lua/ledger_append.lua`: few replies, and Redis busy ~0.3 ms at most."""
 RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -129,15 +129,14 @@ def record_of(ex: Exchange, log: dict[str, Any]) -> UsageRecord:
 def progress_of(ex: Exchange, frames: int, first_token_at: float | None) -> UsageRecord:
     """A running stream's usage so far, as the record to write should its replica die; `ex`
     is marked as saved (its own record may then race the one written from the save)."""
-    now = time.perf_counter()
-    ttft = None if first_token_at is None else round((first_token_at - ex.started) * 1000, 3)
-    record = _record(ex, "interrupted", round((now - ex.started) * 1000, 3), ttft)
+    latency = elapsed_ms(ex.started, time.perf_counter())
+    record = _record(ex, "interrupted", latency, elapsed_ms(ex.started, first_token_at))
     _estimate(record, ex, frames)
     record.checkpointed = ex.checkpointed = True
     return record
 
 
-def _record(ex: Exchange, end: str, latency_ms: float, ttft_ms: float | None) -> UsageRecord:
+def _record(ex: Exchange, end: str, latency_ms: float | None, ttft_ms: float | None) -> UsageRecord:
     return UsageRecord(
         id=ex.record_id,
         request_id=ex.request_id,

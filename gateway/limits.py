@@ -28,7 +28,7 @@ from .metrics import Metrics
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore, RedisUnavailable
 from .script_batch import ScriptBatcher
-from .settings import LimitSettings, LimitsSettings
+from .settings import LimitSettings, LimitsSettings, TierSettings
 
 _UNLIMITED = -1
 _SETTLE_RETRY_PAUSES = (0.5, 2.0, 5.0)
@@ -128,9 +128,7 @@ class Limiter:
 
     def scopes(self, identity: Identity, model: str) -> list[Scope]:
         """Every scope that applies to `identity` calling `model`."""
-        tiers = self._settings.tiers
-        # a key may name a tier since removed from the configuration: the default applies
-        tier = tiers.get(identity.tier or "") or tiers[self._settings.default_tier]
+        tier = self._tier(identity)
         user = identity.user
         found = [Scope("user", f"user {user}", tier, self._keys.scope(user, "user"))]
         if identity.key_limits is not None and identity.key_id is not None:
@@ -147,6 +145,11 @@ class Limiter:
             found.append(self._model_scope(user, model, per_model))
         return found
 
+    def _tier(self, identity: Identity) -> TierSettings:
+        tiers = self._settings.tiers
+        # a key may name a tier since removed from the configuration: the default applies
+        return tiers.get(identity.tier or "") or tiers[self._settings.default_tier]
+
     def _model_scope(self, user: str, model: str, limits: LimitSettings) -> Scope:
         return Scope(
             f"model:{model}",
@@ -159,9 +162,7 @@ class Limiter:
         """What each scope of `identity` has used of its limits and what remains, changing
         nothing: the user, the key, and every model its tier limits (that the key may use)."""
         scopes = self.scopes(identity, "")
-        tier = self._settings.tiers.get(identity.tier or "")
-        tier = tier or self._settings.tiers[self._settings.default_tier]
-        for model, limits in sorted(tier.models.items()):
+        for model, limits in sorted(self._tier(identity).models.items()):
             if identity.models is None or model in identity.models:
                 scopes.append(self._model_scope(identity.user, model, limits))
         keys = self._keys.limiter(identity.user)

@@ -145,11 +145,11 @@ class RedisStore:
                 raise
             self.failures += 1
             self._errors(what).inc()
-            if not verdict:
+            if verdict:
+                opened = self.breaker.failure()
+            else:
+                opened = False
                 self.breaker.release_probe()
-                self._log.warning("redis_error", operation=what, error=type(exc).__name__)
-                raise RedisUnavailable(f"{what}: {type(exc).__name__}") from exc
-            opened = self.breaker.failure()
             self._log.warning(
                 "redis_error",
                 operation=what,

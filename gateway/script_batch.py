@@ -17,7 +17,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from .redis_store import RedisStore, RedisUnavailable
 
 Orphan = Callable[[Any], None]
-
+"""Called with the result of a call whose caller stopped waiting (e.g. its client left)."""
 
 _TRANSIENT = ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 """Error replies that say Redis could not run the call now, not that the call is wrong."""
@@ -25,9 +25,6 @@ _TRANSIENT = ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "C
 
 class ScriptRefused(RedisUnavailable):
     """The script itself failed on this call (Redis is fine): sending it again fails again."""
-
-
-"""Called with the result of a call whose caller stopped waiting (e.g. its client left)."""
 
 
 class _Call:

@@ -7,7 +7,6 @@ same port while they serve.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -85,15 +84,9 @@ def test_frozen_redis_costs_at_most_the_timeout(
     _, key = create_key(closed.url, secrets_seen, user="frozen")
     for gateway in (closed, opened):
         assert _timed_post(gateway.url, key)[0].status_code == 200
-    freeze: Any = redis.client().execute_command  # untyped in redis-py
-    sleeper = threading.Thread(target=lambda: freeze("DEBUG", "SLEEP", 2))
-    sleeper.start()
-    time.sleep(0.1)
-    try:
+    with redis.frozen(2):
         shut, shut_took = _timed_post(closed.url, key)
         served, served_took = _timed_post(opened.url, key)
-    finally:
-        sleeper.join()
     assert shut.status_code == 503
     assert shut.json()["error"]["code"] == "quota_unavailable"
     assert shut.headers["retry-after"] == "1"
@@ -166,14 +159,8 @@ def test_an_admission_redis_ran_after_the_timeout_is_undone(
     _, _, amt, _, conc = scope
     eventually(lambda: client.zcard(conc) == 0 and client.hlen(pending) == 0)
     settled_tokens = int(client.hget(amt, "_sum") or 0)
-    freeze: Any = redis.client().execute_command  # untyped in redis-py
-    sleeper = threading.Thread(target=lambda: freeze("DEBUG", "SLEEP", 1))
-    sleeper.start()
-    time.sleep(0.1)
-    try:
+    with redis.frozen(1):
         refused, _ = _timed_post(closed.url, key)
-    finally:
-        sleeper.join()
     assert refused.status_code == 503
     eventually(
         timeout=10,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -57,6 +61,19 @@ class RedisServer:
         return redis.Redis(
             host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=5
         )
+
+    @contextlib.contextmanager
+    def frozen(self, seconds: float) -> Iterator[None]:
+        """Redis answers nothing for `seconds` (DEBUG SLEEP) while the block runs; the block
+        starts once the freeze is under way, and the exit waits for the thaw."""
+        freeze: Any = self.client().execute_command  # untyped in redis-py
+        sleeper = threading.Thread(target=lambda: freeze("DEBUG", "SLEEP", seconds))
+        sleeper.start()
+        time.sleep(0.1)
+        try:
+            yield
+        finally:
+            sleeper.join()
 
     def stop(self) -> None:
         """Kill it (SIGKILL: like a crash, nothing is flushed)."""

@@ -15,7 +15,8 @@ each case:
 - added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
   through each gateway, alternating, `--rounds` times; the median of the per-round differences
   is what the gateway adds.
-The gateway's CPU time per request (from /proc, during each wrk run) is printed beside.
+The gateway's CPU time per request (from /proc, during each wrk run) is printed beside, and
+what the ledger costs: keyed against no-ledger, round by round.
 Last, Redis's own command counters are read around 2,000 requests through the keyed gateway:
 the Redis commands each request costs.
 Figures vary with the machine's load: quote medians and ratios, and rerun before comparing.
@@ -201,6 +202,22 @@ def gateway_configs(static_port: int, live_port: int, redis_url: str) -> dict[st
     }
 
 
+def _ledger_cost(
+    rps: dict[str, list[float]], cpu: dict[str, list[float]], lat: dict[str, list[list[float]]]
+) -> str:
+    """The ledger's cost, `keyed` (ledger on) against `no-ledger` (off), round by round (the
+    two ran one after the other in each round): the median of the rounds' ratios and
+    differences, and the spread of the ratios, to judge them against the machine's noise."""
+    ratios = [k / n for k, n in zip(rps["keyed"], rps["no-ledger"], strict=True)]
+    cpu_added = [k - n for k, n in zip(cpu["keyed"], cpu["no-ledger"], strict=True)]
+    p50 = [_pct(k, 0.5) - _pct(n, 0.5) for k, n in zip(lat["keyed"], lat["no-ledger"], strict=True)]
+    return (
+        f"{'':27}ledger on/off: req/s x{statistics.median(ratios):.3f} "
+        f"(rounds {min(ratios):.3f}..{max(ratios):.3f}), "
+        f"CPU {statistics.median(cpu_added):+.1f} us/req, p50 {statistics.median(p50):+.3f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
@@ -295,6 +312,7 @@ def main() -> None:
                 f"{med / direct_rps:11.2f}{added}"
             )
             print(f"{'':37}  runs: {[round(x) for x in rps[name]]}")
+        print(_ledger_cost(rps, cpu, lat))
     print(f"\nRedis commands per request (keyed, non-streaming): {trips}")
 
 

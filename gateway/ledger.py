@@ -34,7 +34,7 @@ from .limits import estimate_input_tokens
 from .metrics import Metrics
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore, RedisUnavailable
-from .script_batch import ScriptBatcher, ScriptRefused
+from .script_batch import Packed, ScriptBatcher, ScriptRefused, pack
 from .settings import LedgerSettings
 
 BATCH = 256
@@ -84,15 +84,6 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
         """The UTC day the request arrived, ``YYYY-MM-DD``."""
         return _day(int(self.time // 86_400))
 
-    def append_args(self, keys: RedisKeys, number: int) -> tuple[tuple[str, str, str], list[Any]]:
-        """This record's keys and arguments in a call of `lua/ledger_append.lua`: its number
-        in its writer's order, id, JSON, user, the prefix of its sum fields
-        (``day TAB model TAB``), and whether its stream's progress was saved."""
-        day, user = self.day(), self.user or "-"
-        saved = "1" if self.checkpointed else ""
-        args = [number, self.id, encode(self), user, f"{day}\t{self.model or '-'}\t", saved]
-        return keys.ledger_record(self.id, day, user), args
-
 
 @functools.lru_cache(maxsize=8)
 def _day(number: int) -> str:
@@ -107,6 +98,52 @@ _decoder = msgspec.json.Decoder(UsageRecord)
 def encode(record: UsageRecord) -> bytes:
     """The stream entry's `r` field."""
     return _encoder.encode(record)
+
+
+class Packer:
+    """Packs records for `lua/ledger_append.lua`, each as its keys — its id's marker (used
+    only when its progress was saved), the users of its day, its user's sums of the month —
+    and its arguments: its number in its writer's order, id, JSON, user, its sum fields'
+    prefix (``day TAB model TAB``), and "1" when its progress was saved (else "").
+
+    What repeats from record to record (a user's keys of a day) is packed once: at a few
+    thousand requests per second, packing was most of what the ledger cost."""
+
+    _KEPT = 4096
+
+    def __init__(self, keys: RedisKeys) -> None:
+        self._keys = keys
+        self._head_keys = pack(keys.ledger())
+        self._no_marker = pack((keys.ledger_seen("-"),))
+        """Passed in the marker's place for a record that needs none."""
+        self._saved, self._not_saved = pack(("1",)), pack(("",))
+        self._repeated: dict[tuple[str, str, str | None], tuple[bytes, bytes]] = {}
+
+    def chunk(self, head: list[Any], records: list[tuple[int, UsageRecord]]) -> Packed:
+        """A call's keys and arguments: `head` (`ledger_append.lua`'s ARGV[1..4]), then
+        `records` with their numbers."""
+        keys, args = [self._head_keys], [pack(head)]
+        for number, record in records:
+            user_keys, user_args = self._user(record)
+            if record.checkpointed:
+                marker, saved = pack((self._keys.ledger_seen(record.id),)), self._saved
+            else:
+                marker, saved = self._no_marker, self._not_saved
+            keys += (marker, user_keys)
+            args += (pack((number, record.id, encode(record))), user_args, saved)
+        n = len(records)
+        return Packed(4 + 3 * n, 8 + 9 * n, b"".join(keys) + b"".join(args))
+
+    def _user(self, record: UsageRecord) -> tuple[bytes, bytes]:
+        day, user = record.day(), record.user or "-"
+        found = self._repeated.get((day, user, record.model))
+        if found is None:
+            if len(self._repeated) >= self._KEPT:
+                self._repeated.clear()
+            keys = pack((self._keys.ledger_users(day), self._keys.ledger_user_month(user, day[:7])))
+            found = keys, pack((user, f"{day}\t{record.model or '-'}\t"))
+            self._repeated[(day, user, record.model)] = found
+        return found
 
 
 def record_of(ex: Exchange, log: dict[str, Any]) -> UsageRecord:
@@ -164,23 +201,6 @@ def _estimate(record: UsageRecord, ex: Exchange, output_tokens: int) -> None:
     record.usage_estimated = True
 
 
-class Following:
-    """Saves a running stream's progress at an interval; `stop()` when the stream ends."""
-
-    __slots__ = ("_every", "_ledger", "_progress", "_timer")
-
-    def __init__(self, ledger: Ledger, progress: Callable[[], UsageRecord], every: float) -> None:
-        self._ledger, self._progress, self._every = ledger, progress, every
-        self._timer = asyncio.get_running_loop().call_later(every, self._save)
-
-    def _save(self) -> None:
-        self._ledger.save(self._progress())
-        self._timer = asyncio.get_running_loop().call_later(self._every, self._save)
-
-    def stop(self) -> None:
-        self._timer.cancel()
-
-
 class Ledger:
     """The queue of records not yet in Redis, and the task that writes them."""
 
@@ -198,11 +218,14 @@ class Ledger:
         self._save_script = store.script("ledger_save")
         self._orphans_script = store.script("ledger_orphans")
         self._batch = ScriptBatcher(store, "ledger", log)
+        self._packer = Packer(keys)
         self._queue: deque[tuple[int, UsageRecord]] = deque()
         """Records not yet written, with their numbers in this writer's order."""
         self._numbers = itertools.count(1)
         self._writer = secrets.token_hex(8)
         """This process's writer id: Redis keeps the last record number it applied."""
+        self._following: dict[str, list[Any]] = {}
+        """Running streams by record id: [when their progress is next due, progress()]."""
         self._saves: dict[str, UsageRecord] = {}
         """Running streams' usage so far, not yet saved (the latest of each)."""
         self._wake = asyncio.Event()
@@ -220,6 +243,7 @@ class Ledger:
         self._tasks = [
             loop.create_task(self._write_forever()),
             loop.create_task(self._adopt_orphans_forever()),
+            loop.create_task(self._checkpoint_forever()),
         ]
 
     def record(self, record: UsageRecord) -> None:
@@ -230,10 +254,15 @@ class Ledger:
         self._queue.append((next(self._numbers), record))
         self._wake.set()
 
-    def follow(self, progress: Callable[[], UsageRecord]) -> Following:
-        """Save `progress()` every `ledger.checkpoint_seconds` until `stop()` (the stream
-        ended): what a replica killed mid-stream leaves behind."""
-        return Following(self, progress, self._settings.checkpoint_seconds)
+    def follow(self, record_id: str, progress: Callable[[], UsageRecord]) -> None:
+        """Save `progress()` every `ledger.checkpoint_seconds` until `unfollow(record_id)`
+        (the stream ended): what a replica killed mid-stream leaves behind. One task checks
+        every stream: a timer each would cost more than the rest of the ledger together."""
+        due = time.monotonic() + self._settings.checkpoint_seconds
+        self._following[record_id] = [due, progress]
+
+    def unfollow(self, record_id: str) -> None:
+        self._following.pop(record_id, None)
 
     def save(self, record: UsageRecord) -> None:
         """Keep a running stream's usage so far, to be saved in Redis by the writer."""
@@ -291,13 +320,8 @@ class Ledger:
         # order (after a NOSCRIPT, the refused ones are sent again after the others ran).
         for start in range(0, len(batch), PER_CALL):
             chunk = batch[start : start + PER_CALL]
-            keys, args = self._keys.ledger(), list(head)
-            for number, record in chunk:
-                record_keys, record_args = record.append_args(self._keys, number)
-                keys += record_keys
-                args += record_args
             try:
-                await self._batch.run(self._script, keys, args)
+                await self._batch.run_packed(self._script, self._packer.chunk(head, chunk))
             except ScriptRefused as exc:  # it would be refused forever
                 for _, record in chunk:
                     self._drop(record, error=str(exc)[:200])
@@ -324,6 +348,21 @@ class Ledger:
             ),
             return_exceptions=True,
         )
+
+    async def _checkpoint_forever(self) -> None:
+        """Take the progress of each stream that is due (at most a quarter of the interval
+        late), for the writer to save."""
+        every = self._settings.checkpoint_seconds
+        while True:
+            await asyncio.sleep(every / 4)
+            now = time.monotonic()
+            for following in self._following.values():
+                if following[0] <= now:
+                    following[0] = now + every
+                    try:
+                        self.save(following[1]())
+                    except Exception:  # a bug here must not stop the others' checkpoints
+                        self._log.exception("ledger_checkpoint_failed")
 
     async def _adopt_orphans_forever(self) -> None:
         """Write the records of streams whose replica died (its saves stopped)."""

@@ -9,6 +9,7 @@ upstream request as soon as the client goes away.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import time
 import zlib
@@ -31,7 +32,7 @@ from .errors import (
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
 from .http1 import Response, UpstreamError
-from .ledger import Following, Ledger, progress_of, record_of
+from .ledger import Ledger, progress_of, record_of
 from .limits import Admission, Limiter, estimate_input_tokens, estimate_tokens
 from .metrics import Metrics
 from .request_ids import RequestIds
@@ -209,8 +210,9 @@ class ResponsesEndpoint:
         ledger = self._ledger
         if ledger is not None and ex.caller is not None:
 
-            def follow(tap: StreamTap) -> Following:
-                return ledger.follow(lambda: progress_of(ex, tap.frames, tap.first_token_at))
+            def follow(tap: StreamTap) -> Callable[[], None]:
+                ledger.follow(ex.record_id, lambda: progress_of(ex, tap.frames, tap.first_token_at))
+                return functools.partial(ledger.unfollow, ex.record_id)
 
         if self._metrics is None:
             return await _relay_stream(ex, send, response, follow)
@@ -282,10 +284,10 @@ async def _relay_stream(
     ex: Exchange,
     send: Send,
     response: Response,
-    follow: Callable[[StreamTap], Following] | None = None,
+    follow: Callable[[StreamTap], Callable[[], None]] | None = None,
 ) -> bool:
     """Send the upstream's SSE chunks as they come; False when the upstream broke off.
-    `follow(tap)`: starts saving the stream's progress, until stopped."""
+    `follow(tap)`: starts saving the stream's progress; what it returns stops it."""
     headers = downstream_headers(response.raw_headers, ex.request_id.encode())
     names = {name for name, _ in headers}
     if b"cache-control" not in names:
@@ -297,7 +299,7 @@ async def _relay_stream(
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     ex.response_started = True
     tap = StreamTap()
-    following = follow(tap) if follow is not None else None
+    unfollow = follow(tap) if follow is not None else None
     try:
         async for chunk in response.iter_chunks():
             if ex.first_byte_at is None:
@@ -322,8 +324,8 @@ async def _relay_stream(
         # client's HTTP library reports an incomplete body instead of a clean end.
         return False
     finally:  # whatever the end (disconnect included), keep what the stream told so far
-        if following is not None:
-            following.stop()
+        if unfollow is not None:
+            unfollow()
         tap.close()
         _record(ex, tap)
     ex.response_complete = True

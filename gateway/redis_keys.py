@@ -88,14 +88,9 @@ class RedisKeys:
         """Each ledger writer's last applied record number."""
         return f"{self._prefix}:{{ledger}}:applied"
 
-    def ledger_record(self, record_id: str, day: str, user: str) -> tuple[str, str, str]:
-        """The keys `lua/ledger_append.lua` takes for each record, of `user` on `day`
-        (``YYYY-MM-DD``): the id's marker, the day's users, the user's sums of the month."""
-        return (
-            f"{self._prefix}:{{ledger}}:seen:{record_id}",
-            self.ledger_users(day),
-            self.ledger_user_month(user, day[:7]),
-        )
+    def ledger_seen(self, record_id: str) -> str:
+        """The marker of a record written (only records two writers may write have one)."""
+        return f"{self._prefix}:{{ledger}}:seen:{record_id}"
 
     def ledger_running(self) -> list[str]:
         """The usage so far of running streams (hash), and when each was saved (zset)."""

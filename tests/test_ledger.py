@@ -19,8 +19,9 @@ import httpx
 import pytest
 import redis
 
-from gateway.ledger import UsageRecord, encode
+from gateway.ledger import Packer, UsageRecord, encode
 from gateway.redis_keys import RedisKeys
+from gateway.script_batch import evalsha
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.streams import expected_usage, recorded_transcripts
 from tests.support.admin import create_key, keyed_config, mock_config
@@ -133,17 +134,17 @@ def _sums(client: redis.Redis, user: str, day: str) -> dict[str, int]:
 
 
 def _append(client: redis.Redis, writer: str, *numbered: tuple[int, UsageRecord]) -> Any:
-    """One call of ledger_append.lua, as the writer `writer` makes it."""
-    script = client.register_script(
+    """One call of ledger_append.lua, the very bytes the writer `writer` sends."""
+    sha = client.script_load(
         (Path(__file__).resolve().parents[1] / "gateway" / "lua" / "ledger_append.lua").read_text()
     )
-    keys = RedisKeys().ledger()
-    args: list[Any] = [86_400, 30 * 86_400_000, 31 * 86_400, writer]
-    for number, record in numbered:
-        record_keys, record_args = record.append_args(RedisKeys(), number)
-        keys += record_keys
-        args += record_args
-    return script(keys=keys, args=args)
+    call = Packer(RedisKeys()).chunk([86_400, 30 * 86_400_000, 31 * 86_400, writer], [*numbered])
+    connection = client.connection_pool.get_connection()
+    try:
+        connection.send_packed_command([evalsha(sha, call)])  # type: ignore[no-untyped-call]
+        return connection.read_response()
+    finally:
+        client.connection_pool.release(connection)
 
 
 def _record(user: str, **fields: Any) -> UsageRecord:

@@ -3,31 +3,25 @@ take."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from redis.asyncio.connection import Connection
 
-from gateway.script_batch import _Call, _packed
+from gateway.script_batch import Packed, evalsha, pack
 
-
-class _Script:
-    sha = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
-
-
-def _call(keys: list[str], args: list[Any]) -> _Call:
-    return _Call(_Script(), keys, args, asyncio.Future(loop=asyncio.new_event_loop()), None)
+SHA = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
 
 
 def test_packed_calls_are_what_redis_py_sends() -> None:
     keys = ["gw:{ledger}:stream", "gw:rl:{u:é}:user:req"]
     args: list[Any] = ["", 0, -1, 12345678901234, 0.5, 1e-7, b"\x00\r\n{json}", "tab\there"]
-    expected = b"".join(Connection().pack_command("EVALSHA", _Script.sha, len(keys), *keys, *args))
-    assert _packed(_call(keys, args)) == expected
+    expected = b"".join(Connection().pack_command("EVALSHA", SHA, len(keys), *keys, *args))
+    packed = Packed(len(keys), len(keys) + len(args), pack(keys) + pack(args))
+    assert evalsha(SHA, packed) == expected
 
 
 @pytest.mark.parametrize("bad", [True, None, [1], {"a": 1}])
 def test_values_redis_cannot_take_are_refused(bad: Any) -> None:
     with pytest.raises(TypeError):
-        _packed(_call(["k"], [bad]))
+        pack(["k", bad])

@@ -10,8 +10,9 @@
 -- KEYS[1] the stream
 -- KEYS[2] running streams' saved usage (hash)      KEYS[3] when each was saved (zset)
 -- KEYS[4] the highest record number applied, per writer (hash)
--- KEYS[5 + 3(i-1)..] record i: its id's marker, the users of its day (set), its user's sums
---                    of the month (hash, fields "YYYY-MM-DD TAB model TAB measure")
+-- KEYS[5 + 3(i-1)..] record i: its id's marker (any key when its progress was not saved), the
+--                    users of its day (set), its user's sums of the month (hash, fields
+--                    "YYYY-MM-DD TAB model TAB measure")
 -- ARGV[1] dedupe_seconds    (how long markers and writers' numbers are kept)
 -- ARGV[2] retention_ms      (stream entries older than this are trimmed, approximately)
 -- ARGV[3] sums_ttl_s

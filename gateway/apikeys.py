@@ -154,16 +154,18 @@ class KeyStore:
     async def _save(self, record: KeyRecord, *, new: bool) -> None:
         name = self._keys.key_record(record.id)
         stored = msgspec.structs.replace(record, last_used_at=None, revoked_at=None)
+        if new:  # listed first: an id listed without a record is skipped by `list`
+            index = self._keys.key_index()
+            await self._store.call(lambda r: r.sadd(index, record.id), "key_save")
 
         async def write(r: Any) -> None:
+            # One key, so one Cluster slot: the record and its expiry change together.
             pipe = r.pipeline(transaction=True)
             pipe.hset(name, "record", _encoder.encode(stored))
             if record.expires_at is not None:
                 pipe.expireat(name, int(record.expires_at) + EXPIRED_RECORD_KEPT)
             else:
                 pipe.persist(name)
-            if new:
-                pipe.sadd(self._keys.key_index(), record.id)
             await pipe.execute()
 
         await self._store.call(write, "key_save")

@@ -114,6 +114,7 @@ class Packer:
     def __init__(self, keys: RedisKeys) -> None:
         self._keys = keys
         self._head_keys = pack(keys.ledger())
+        self._route = keys.ledger_stream()
         self._no_marker = pack((keys.ledger_seen("-"),))
         """Passed in the marker's place for a record that needs none."""
         self._saved, self._not_saved = pack(("1",)), pack(("",))
@@ -132,7 +133,7 @@ class Packer:
             keys += (marker, user_keys)
             args += (pack((number, record.id, encode(record))), user_args, saved)
         n = len(records)
-        return Packed(4 + 3 * n, 8 + 9 * n, b"".join(keys) + b"".join(args))
+        return Packed(4 + 3 * n, 8 + 9 * n, b"".join(keys) + b"".join(args), self._route)
 
     def _user(self, record: UsageRecord) -> tuple[bytes, bytes]:
         day, user = record.day(), record.user or "-"

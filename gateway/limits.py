@@ -16,10 +16,8 @@ policy decides: ``fail_closed`` answers 503, ``fail_open`` forwards without a qu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
-from collections.abc import Iterable
 from typing import Any
 
 from .auth import Identity
@@ -269,22 +267,19 @@ class Limiter:
             if not holding:
                 continue
 
-            async def renew(r: Any, batch: Iterable[Admission] = holding) -> None:
-                pipe = r.pipeline(transaction=False)
-                for admission in batch:
-                    conc = [
-                        s.keys[4]
-                        for s, mask in zip(admission.scopes, admission.masks, strict=True)
-                        if mask & _SLOT
-                    ]
-                    await self._renew(
-                        keys=conc, args=[admission.member, self._lease_ms, ""], client=pipe
-                    )
-                await pipe.execute()
-
-            # A failure is logged by the store; leases are long enough to survive a blip.
-            with contextlib.suppress(RedisUnavailable):
-                await self._store.call(renew, "renew")
+            renewals = []
+            for admission in holding:
+                conc = [
+                    s.keys[4]
+                    for s, mask in zip(admission.scopes, admission.masks, strict=True)
+                    if mask & _SLOT
+                ]
+                if conc:
+                    args = [admission.member, self._lease_ms, ""]
+                    renewals.append(self._batch.run(self._renew, conc, args))
+            # Sent together, each to the node of its user. A failure is logged by the store;
+            # leases are long enough to survive a blip.
+            await asyncio.gather(*renewals, return_exceptions=True)
 
     def apply_policy(self, identity: Identity) -> None:
         """Redis cannot be asked: forward without a quota (fail_open) or answer 503."""

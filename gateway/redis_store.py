@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .metrics import Metrics
+from .redis_client import Client, connect, ready
 from .settings import RedisSettings
 
 T = TypeVar("T")
@@ -79,22 +79,14 @@ class Breaker:
 class RedisStore:
     """The Redis client, its scripts and its health."""
 
-    def __init__(self, settings: RedisSettings, url: str, log: Any, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: RedisSettings, url: str | None, log: Any, metrics: Metrics
+    ) -> None:
         self._settings = settings
         self._log = log
         self._errors = metrics.redis_errors
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
-        # A bounded pool that makes callers wait for a free connection: a burst then reuses a
-        # few warm connections instead of opening hundreds at once.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=settings.max_connections,
-            timeout=None,  # the wait is bounded by `call`'s own timeout
-            socket_timeout=settings.timeout,
-            socket_connect_timeout=settings.timeout,
-            decode_responses=False,
-        )
-        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.client: Client = connect(settings, url)
         self._scripts: list[Any] = []
         self.failures = 0
         """Calls that failed or were refused by the open breaker, since start."""
@@ -110,7 +102,7 @@ class RedisStore:
         """Load the scripts and open a few connections before traffic comes; False if Redis
         is unreachable (the gateway still starts: the failure policy applies)."""
 
-        async def load(r: aioredis.Redis) -> None:
+        async def load(r: Client) -> None:
             for script in self._scripts:
                 await r.script_load(script.script)
 
@@ -123,7 +115,7 @@ class RedisStore:
 
     async def call(
         self,
-        operation: Callable[[aioredis.Redis], Awaitable[T]],
+        operation: Callable[[Client], Awaitable[T]],
         what: str,
         seconds: float | None = None,
         *,
@@ -138,6 +130,7 @@ class RedisStore:
             raise RedisUnavailable("the circuit breaker is open", maybe_ran=False)
         try:
             async with asyncio.timeout(seconds or self._settings.timeout):
+                await ready(self.client)
                 result = await operation(self.client)
         except BaseException as exc:
             if not isinstance(exc, RedisError | OSError | TimeoutError):

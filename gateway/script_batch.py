@@ -14,13 +14,23 @@ from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from .redis_client import Client, connection, pool_of, rediscover
 from .redis_store import RedisStore, RedisUnavailable
 
 Orphan = Callable[[Any], None]
 """Called with the result of a call whose caller stopped waiting (e.g. its client left)."""
 
-_TRANSIENT = ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+_TRANSIENT = {"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "ASK"}
 """Error replies that say Redis could not run the call now, not that the call is wrong."""
+
+
+def _code(result: Any) -> str | None:
+    """The error code of a reply (``OOM``, ``MOVED``...), None if it is no error. redis-py
+    takes the code off the message of the errors it has a class for, and keeps it apart."""
+    if not isinstance(result, ResponseError):
+        return None
+    code = getattr(result, "status_code", None)
+    return code if isinstance(code, str) else str(result).split(" ", 1)[0]
 
 
 class ScriptRefused(RedisUnavailable):
@@ -46,11 +56,13 @@ def pack(items: Iterable[Any]) -> bytes:
 
 class Packed(NamedTuple):
     """A script call's keys and arguments, packed (`pack`) by a caller that packs faster
-    knowing what repeats: `body` holds `items` items, the first `keys` of them keys."""
+    knowing what repeats: `body` holds `items` items, the first `keys` of them keys; `route`
+    is one of the keys (all share a hash tag): the Cluster node holding it runs the call."""
 
     keys: int
     items: int
     body: bytes
+    route: str
 
 
 class _Call:
@@ -69,8 +81,33 @@ class _Call:
 
 def evalsha(sha: str, packed: Packed) -> bytes:
     """The EVALSHA command of script `sha` with `packed` keys and arguments, in RESP."""
-    keys, items, body = packed
+    keys, items, body, _ = packed
     return b"*%d\r\n$7\r\nEVALSHA\r\n" % (items + 3) + pack((sha, keys)) + body
+
+
+async def _send(r: Client, batch: list[_Call]) -> list[Any]:
+    """Each call's reply, in order; the calls grouped by the node that runs them."""
+    nodes: dict[Any, list[int]] = {}
+    for i, call in enumerate(batch):
+        nodes.setdefault(pool_of(r, call.packed.route), []).append(i)
+    results: list[Any] = [None] * len(batch)
+
+    async def on(pool: Any, indexes: list[int]) -> None:
+        payload = b"".join(evalsha(batch[i].script.sha, batch[i].packed) for i in indexes)
+        async with connection(pool) as conn:
+            await conn.send_packed_command(payload, check_health=False)
+            for i in indexes:
+                try:
+                    results[i] = await conn.read_response()
+                except ResponseError as exc:  # the reply of this call; the next follow
+                    results[i] = exc
+
+    await asyncio.gather(*(on(pool, indexes) for pool, indexes in nodes.items()))
+    return results
+
+
+def _moved(result: Any) -> bool:
+    return _code(result) == "MOVED"
 
 
 class ScriptBatcher:
@@ -85,7 +122,7 @@ class ScriptBatcher:
         self, script: Any, keys: list[str], args: list[Any], on_orphan: Orphan | None = None
     ) -> asyncio.Future[Any]:
         """Queue one call; the future gets its result or `RedisUnavailable`."""
-        packed = Packed(len(keys), len(keys) + len(args), pack(keys) + pack(args))
+        packed = Packed(len(keys), len(keys) + len(args), pack(keys) + pack(args), keys[0])
         return self.run_packed(script, packed, on_orphan)
 
     def run_packed(
@@ -135,7 +172,7 @@ class ScriptBatcher:
                     call.future.set_exception(RedisUnavailable(str(exc), maybe_ran=exc.maybe_ran))
             return
         for call, result in zip(batch, results, strict=True):
-            if isinstance(result, ResponseError) and str(result).startswith(_TRANSIENT):
+            if _code(result) in _TRANSIENT:
                 # Redis cannot run scripts right now (out of memory, a replica after a
                 # failover, loading, another script running): it did not run; try again.
                 self._log.warning("redis_busy", operation=self._what, detail=str(result)[:200])
@@ -155,28 +192,20 @@ class ScriptBatcher:
                     self._log.exception("redis_orphan_failed", operation=self._what)
 
     async def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        """Send the calls on one pooled connection, written in one go, and read every reply
-        (a script error is returned in its place). Packed here rather than by redis-py's
-        pipeline, which costs ~0.5 µs per argument, and which would resend a whole pipeline
-        after a connection error: a call must run at most once per send (see limits.py)."""
-        payload = b"".join(evalsha(call.script.sha, call.packed) for call in batch)
+        """Send the calls, each node's on one pooled connection written in one go, and read
+        every reply (a script error is returned in its place). Packed here rather than by
+        redis-py's pipeline, which costs ~0.5 µs per argument, and which would resend a whole
+        pipeline after a connection error: a call must run at most once per send (see
+        limits.py). A call a Cluster node refused with MOVED (its slot moved) did not run: it
+        is sent again once the slots are learnt anew."""
 
-        async def send(r: Any) -> list[Any]:
-            pool = r.connection_pool
-            connection = await pool.get_connection()
-            try:
-                await connection.send_packed_command(payload, check_health=False)
-                results: list[Any] = []
-                for _ in batch:
-                    try:
-                        results.append(await connection.read_response())
-                    except ResponseError as exc:  # the reply of this call; the next follow
-                        results.append(exc)
-            except BaseException:
-                await connection.disconnect()  # replies may be left unread: never reuse it
-                raise
-            finally:
-                await pool.release(connection)
+        async def send(r: Client) -> list[Any]:
+            results = await _send(r, batch)
+            moved = [i for i, result in enumerate(results) if _moved(result)]
+            if moved:
+                await rediscover(r)
+                for i, result in zip(moved, await _send(r, [batch[i] for i in moved]), strict=True):
+                    results[i] = result
             return results
 
         return await self._store.call(send, self._what)

@@ -89,6 +89,10 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     """Worker processes sharing the port (uvicorn's supervisor); one per core is the usual
     choice. ``--workers`` overrides it. More than one needs a shared ``redis.url``."""
+    drain_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    """After SIGTERM: readiness fails, no new connection is accepted, and requests in flight
+    (streams included) get this long to finish before they are cut; then the usage ledger is
+    written out (up to 10 s) and the process exits."""
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -103,14 +107,47 @@ class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The shared state of every replica: keys, quotas."""
+class RedisTlsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """TLS to Redis (and to Sentinel); the server's certificate is always verified."""
 
+    ca_file: str | None = None
+    """PEM file of the CA that signed the servers' certificates; default the system's CAs."""
+    cert_file: str | None = None
+    """Client certificate (PEM), for servers that require mutual TLS; with `key_file`."""
+    key_file: str | None = None
+    check_hostname: bool = True
+    """Check the certificate names the host connected to (turn off only for servers reached
+    by addresses their certificates do not list, as Cluster nodes announce IPs)."""
+
+
+class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The shared state of every replica: keys, quotas, the usage ledger."""
+
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    """``standalone``: one Redis (or a proxy) at `url`; ``sentinel``: the primary that
+    `sentinels` name `sentinel_master`, followed across failovers; ``cluster``: Redis Cluster,
+    `url` being any one node (the others are discovered). Every key one script touches shares
+    a hash tag, so each script runs on one node."""
     url: str | None = None
     """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS; ``embedded`` starts a
     private ``redis-server`` beside the gateway (demo and development only: nothing is shared
-    and nothing outlives the process). Required while ``auth.enabled``: replicas that quietly
-    kept quotas of their own would each allow the whole quota."""
+    and nothing outlives the process). Required while ``auth.enabled``, except in ``sentinel``
+    mode: replicas that quietly kept quotas of their own would each allow the whole quota."""
+    sentinels: tuple[str, ...] = ()
+    """``host:port`` of each Sentinel (``sentinel`` mode)."""
+    sentinel_master: str = "mymaster"
+    """The name the Sentinels know the primary by."""
+    db: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Database number in ``sentinel`` mode (`url` carries it otherwise; Cluster has only 0)."""
+    username: str | None = None
+    """ACL user; overrides one in `url`. Give it as ``${REDIS_USERNAME}``."""
+    password: str | None = None
+    """Password of the ACL user (or ``requirepass``); overrides one in `url`. Give it as
+    ``${REDIS_PASSWORD}``: it is never logged."""
+    sentinel_password: str | None = None
+    """The Sentinels' own password (their ``requirepass``), when they require one."""
+    tls: RedisTlsSettings | None = None
+    """TLS settings; present, TLS is on (as it is with a ``rediss://`` url)."""
     timeout: PositiveFloat = 0.5
     """Seconds any one Redis command may take before it counts as failed."""
     on_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
@@ -378,8 +415,9 @@ def _check_auth(settings: Settings, source: str) -> None:
         if key_id in ids[:index]:
             raise ConfigError(f"{source}: auth.keys[{index}].id: `{key_id}` is listed twice")
     url = settings.redis.url
+    _check_redis(settings.redis, source)
     if url is None:
-        if settings.auth.enabled:
+        if settings.auth.enabled and settings.redis.mode != "sentinel":
             raise ConfigError(
                 f"{source}: redis.url: expected the URL of the Redis that keys and quotas live "
                 f"in (redis://host:6379/0), or `{EMBEDDED}` for a private one (demo only), "
@@ -396,6 +434,40 @@ def _check_auth(settings: Settings, source: str) -> None:
             f"would start a Redis of its own and keep quotas apart), got "
             f"{settings.server.workers}; give a shared redis.url for several workers"
         )
+
+
+def _check_redis(redis: RedisSettings, source: str) -> None:
+    if redis.mode == "sentinel":
+        if not redis.sentinels:
+            raise ConfigError(
+                f"{source}: redis.sentinels: expected at least one `host:port` in sentinel mode"
+            )
+        if redis.url is not None:
+            raise ConfigError(
+                f"{source}: redis.url: expected none in sentinel mode (the Sentinels name the "
+                "primary: set redis.sentinels, redis.sentinel_master and redis.db)"
+            )
+    for index, address in enumerate(redis.sentinels):
+        if not re.match(r"^[^\s:/]+:\d{1,5}$", address):
+            raise ConfigError(
+                f"{source}: redis.sentinels[{index}]: expected `host:port`, got `{address}`"
+            )
+    if redis.mode == "cluster" and redis.url == EMBEDDED:
+        raise ConfigError(
+            f"{source}: redis.url: expected a node of the Redis Cluster, got `{EMBEDDED}`"
+        )
+    tls = redis.tls
+    if tls is not None:
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise ConfigError(
+                f"{source}: redis.tls: expected both cert_file and key_file, or neither"
+            )
+        for field in ("ca_file", "cert_file", "key_file"):
+            name = getattr(tls, field)
+            if name is not None and not Path(name).is_file():
+                raise ConfigError(
+                    f"{source}: redis.tls.{field}: expected a readable file, got `{name}`"
+                )
 
 
 def _redact_url(url: str) -> str:

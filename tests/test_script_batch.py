@@ -17,7 +17,7 @@ def test_packed_calls_are_what_redis_py_sends() -> None:
     keys = ["gw:{ledger}:stream", "gw:rl:{u:é}:user:req"]
     args: list[Any] = ["", 0, -1, 12345678901234, 0.5, 1e-7, b"\x00\r\n{json}", "tab\there"]
     expected = b"".join(Connection().pack_command("EVALSHA", SHA, len(keys), *keys, *args))
-    packed = Packed(len(keys), len(keys) + len(args), pack(keys) + pack(args))
+    packed = Packed(len(keys), len(keys) + len(args), pack(keys) + pack(args), keys[0])
     assert evalsha(SHA, packed) == expected
 
 

@@ -1,0 +1,129 @@
+"""Connecting to Redis as configured: one server, the primary that Sentinels name, or a Cluster.
+
+`connect` builds the redis-py client; `pool_of` and `connection` give the hand-packed script
+calls (`script_batch.py`) a connection to the node that holds a key: the client's own pool,
+or in a Cluster the pool of the node serving the key's slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection, parse_url
+from redis.asyncio.sentinel import Sentinel
+
+from .settings import RedisSettings
+
+Client = aioredis.Redis | RedisCluster
+
+
+def connect(settings: RedisSettings, url: str | None) -> Client:
+    """The client for `settings` (`url`: the settings' url, or the embedded server's)."""
+    common: dict[str, Any] = {
+        "socket_timeout": settings.timeout,
+        "socket_connect_timeout": settings.timeout,
+        "decode_responses": False,
+    }
+    if settings.mode == "sentinel":
+        return _sentinel(settings, common)
+    if url is None:  # settings refuse this; kept for the type checker
+        raise ValueError("redis.url is required outside sentinel mode")
+    options = {**parse_url(url), **common, **_credentials(settings)}
+    if options.get("connection_class") is SSLConnection or settings.tls is not None:
+        options.update(_tls(settings))
+    if settings.mode == "cluster":
+        options.pop("connection_class", None)
+        options.pop("db", None)
+        return RedisCluster(max_connections=settings.max_connections, **options)
+    if options.pop("ssl", False):
+        options["connection_class"] = SSLConnection
+    # A bounded pool that makes callers wait for a free connection: a burst then reuses a few
+    # warm connections instead of opening hundreds at once.
+    pool = aioredis.BlockingConnectionPool(
+        max_connections=settings.max_connections,
+        timeout=None,  # the wait is bounded by `RedisStore.call`'s own timeout
+        **options,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _sentinel(settings: RedisSettings, common: dict[str, Any]) -> aioredis.Redis:
+    secure = _tls(settings) if settings.tls is not None else {}
+    addresses = [(host, int(port)) for host, port in (a.rsplit(":", 1) for a in settings.sentinels)]
+    asked: dict[str, Any] = {**common, **secure}  # Sentinels: the same TLS, their own password
+    if settings.sentinel_password is not None:
+        asked["password"] = settings.sentinel_password
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        addresses, sentinel_kwargs=asked, **common, **secure, **_credentials(settings)
+    )
+    primary: aioredis.Redis = sentinel.master_for(
+        settings.sentinel_master,
+        db=settings.db,
+        max_connections=settings.max_connections,
+    )
+    return primary
+
+
+def _credentials(settings: RedisSettings) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if settings.username is not None:
+        found["username"] = settings.username
+    if settings.password is not None:
+        found["password"] = settings.password
+    return found
+
+
+def _tls(settings: RedisSettings) -> dict[str, Any]:
+    tls = settings.tls
+    options: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": "required"}
+    if tls is not None:
+        options.update(
+            ssl_ca_certs=tls.ca_file,
+            ssl_certfile=tls.cert_file,
+            ssl_keyfile=tls.key_file,
+            ssl_check_hostname=tls.check_hostname,
+        )
+    return options
+
+
+async def ready(client: Client) -> None:
+    """Learn a Cluster's nodes and slots (once; later calls return at once)."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+
+
+async def rediscover(client: Client) -> None:
+    """A node answered MOVED: the Cluster's slots moved; learn them again."""
+    if isinstance(client, RedisCluster):
+        await client.nodes_manager.initialize()
+
+
+def pool_of(client: Client, key: str) -> Any:
+    """The pool of connections to the node that serves `key` (hashable)."""
+    if isinstance(client, RedisCluster):
+        return client.get_node_from_key(key)
+    return client.connection_pool
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: Any) -> AsyncIterator[Connection]:
+    """A connection from `pool` (from `pool_of`), returned to it afterwards. One whose reply
+    may be left unread (the caller failed midway) is disconnected before it goes back."""
+    if isinstance(pool, ClusterNode):
+        conn = pool.acquire_connection()
+    else:
+        conn = await pool.get_connection()
+    try:
+        yield conn
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        if isinstance(pool, ClusterNode):
+            pool.release(conn)
+        else:
+            await pool.release(conn)

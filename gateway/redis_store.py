@@ -87,6 +87,11 @@ class RedisStore:
         self._errors = metrics.redis_errors
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
         self.client: Client = connect(settings, url)
+        self._gate: asyncio.Semaphore | None = None
+        if settings.mode != "standalone":
+            # Sentinel's and Cluster's pools fail at once when all connections are taken; the
+            # standalone pool makes callers wait. This makes them wait too (within the timeout).
+            self._gate = asyncio.Semaphore(settings.max_connections)
         self._scripts: list[Any] = []
         self.failures = 0
         """Calls that failed or were refused by the open breaker, since start."""
@@ -130,8 +135,12 @@ class RedisStore:
             raise RedisUnavailable("the circuit breaker is open", maybe_ran=False)
         try:
             async with asyncio.timeout(seconds or self._settings.timeout):
-                await ready(self.client)
-                result = await operation(self.client)
+                if self._gate is None:
+                    result = await operation(self.client)
+                else:
+                    async with self._gate:
+                        await ready(self.client)
+                        result = await operation(self.client)
         except BaseException as exc:
             if not isinstance(exc, RedisError | OSError | TimeoutError):
                 self.breaker.release_probe()  # cancelled: not a verdict on Redis

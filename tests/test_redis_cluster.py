@@ -1,0 +1,210 @@
+"""The key paths against a real 3-node Redis Cluster: keys, exact limits, streaming, the ledger.
+
+Two gateway replicas are given one node's URL, an ACL user and its password (from the
+environment); the users' keys and quota state land on different nodes. Every script keeps its
+keys in one slot: no node may ever answer CROSSSLOT, and no gateway may log a Redis error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import openai
+import pytest
+
+from gateway.redis_keys import RedisKeys
+from tests.conftest import GatewayFactory, eventually, log_lines
+from tests.support.admin import admin_client, create_key
+from tests.support.procs import ServerProcess
+from tests.support.redis_cluster import PASSWORD, USER, RedisClusterNodes
+
+TIERS = {
+    "default": {},
+    "rpm50": {"requests_per_minute": 50},
+    "tpm": {"tokens_per_minute": 400},
+    "conc2": {"concurrent_requests": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    nodes = RedisClusterNodes(tmp_path_factory.mktemp("cluster")).start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    gateway_factory: GatewayFactory,
+    cluster: RedisClusterNodes,
+    mock_upstream: ServerProcess,
+    secrets_seen: list[str],
+) -> list[ServerProcess]:
+    secrets_seen.append(PASSWORD)
+    config = {
+        "providers": {
+            "mock": {"base_url": mock_upstream.url + "/v1", "api_key": "${PROVIDER_KEY}"}
+        },
+        "models": [{"name": "mock-gpt", "provider": "mock"}],
+        "redis": {
+            "mode": "cluster",
+            "url": cluster.url,
+            "username": "${REDIS_USERNAME}",
+            "password": "${REDIS_PASSWORD}",
+            "timeout": 5,  # two replicas, three nodes, the client and the upstream on 2 cores
+        },
+        "auth": {"admin_key": "${ADMIN_KEY}"},
+        "limits": {"tiers": TIERS, "default_output_tokens": 20},
+        "ledger": {"checkpoint_seconds": 0.2, "orphan_seconds": 1.5},
+    }
+    env = {"REDIS_USERNAME": USER, "REDIS_PASSWORD": PASSWORD}
+    return [gateway_factory(config, env) for _ in range(2)]
+
+
+@pytest.fixture(autouse=True)
+def no_cluster_errors(cluster: RedisClusterNodes, replicas: list[ServerProcess]) -> Iterator[None]:
+    """After each test: no node answered CROSSSLOT, MOVED or any other error, no replica logged
+    a Redis error (a script's own error included). `ERR` alone is left out of the nodes'
+    counts: Redis 7.0 answers it to the CLIENT SETINFO every new connection sends."""
+    yield
+    errors = {port: codes.keys() - {"ERR"} for port, codes in cluster.error_counts().items()}
+    assert errors == {port: set() for port in cluster.ports}
+    for replica in replicas:
+        events = [line["event"] for line in log_lines(replica)]
+        assert not [e for e in events if e.startswith("redis_")], events
+
+
+def _user(replicas: list[ServerProcess], secrets_seen: list[str], tier: str) -> tuple[str, str]:
+    user = f"{tier}-{uuid.uuid4().hex[:8]}"
+    _, key = create_key(replicas[0].url, secrets_seen, user=user, tier=tier)
+    return user, key
+
+
+def _nodes_of(cluster: RedisClusterNodes, keys: list[str]) -> set[int]:
+    """The ports of the nodes holding `keys` (each key must be there)."""
+    client = cluster.client()
+    found = set()
+    for key in keys:
+        port = int(client.get_node_from_key(key).port)  # type: ignore[no-untyped-call]
+        assert cluster.node(port).exists(key)
+        found.add(port)
+    return found
+
+
+async def _burst(urls: list[str], count: int, key: str) -> list[int]:
+    connector = aiohttp.TCPConnector(limit=0)
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": "mock-gpt", "input": "hi"}
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> int:
+            url = f"{urls[i % len(urls)]}/v1/responses"
+            async with session.post(url, json=body, headers=headers) as response:
+                await response.read()
+                return response.status
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def test_limits_are_exact_with_users_on_different_nodes(
+    cluster: RedisClusterNodes, replicas: list[ServerProcess], secrets_seen: list[str]
+) -> None:
+    """Six users, 150 concurrent requests each over both replicas, limit 50/min: exactly 50
+    each pass; their quota state sits on at least two of the three nodes."""
+    urls = [r.url for r in replicas]
+    users = [_user(replicas, secrets_seen, "rpm50") for _ in range(6)]
+    for _, key in users:
+        statuses = asyncio.run(_burst(urls, 150, key))
+        assert statuses.count(200) == 50
+        assert statuses.count(429) == 100
+    keys = RedisKeys()
+    holders = _nodes_of(cluster, [keys.scope(user, "user")[0] for user, _ in users])
+    assert len(holders) >= 2
+    client = cluster.client()
+    for user, _ in users:
+        assert client.zcard(keys.scope(user, "user")[0]) == 50
+
+
+def test_streams_settle_to_real_usage_and_reach_the_ledger(
+    cluster: RedisClusterNodes, replicas: list[ServerProcess], secrets_seen: list[str]
+) -> None:
+    """Streamed answers through the OpenAI SDK: byte-exact events, the quota settled to the
+    provider's usage, the usage ledger and the caller's report agree."""
+    user, key = _user(replicas, secrets_seen, "tpm")
+    totals = []
+    for replica in replicas:
+        client = openai.OpenAI(base_url=f"{replica.url}/v1", api_key=key, max_retries=0)
+        with client.responses.stream(model="mock-gpt", input="stream please") as stream:
+            final = stream.get_final_response()
+        assert final.status == "completed"
+        assert final.usage is not None
+        totals.append(final.usage.total_tokens)
+    amounts = RedisKeys().scope(user, "user")[2]  # the minute's reservations, settled
+    store = cluster.client()
+    eventually(lambda: int(store.hget(amounts, "_sum") or 0) == sum(totals))
+
+    def usage() -> dict[str, Any]:
+        response = httpx.get(
+            f"{replicas[1].url}/v1/usage", headers={"authorization": f"Bearer {key}"}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    eventually(lambda: usage()["today"]["total_tokens"] == sum(totals), timeout=10)
+    assert usage()["today"]["requests"] == 2
+    with admin_client(replicas[0].url) as admin:
+        records = admin.get("/admin/usage/records", params={"since": "2000-01-01"})
+    assert records.status_code == 200
+    mine = [json.loads(line) for line in records.text.splitlines() if user in line]
+    assert sorted(r["total_tokens"] for r in mine) == sorted(totals)
+    assert all(r["stream"] and r["end"] == "completed" for r in mine)
+
+
+def test_slots_and_revocation_across_replicas(
+    cluster: RedisClusterNodes,
+    replicas: list[ServerProcess],
+    secrets_seen: list[str],
+) -> None:
+    """Two slow streams hold both concurrency slots: a third request is refused on the other
+    replica, admitted once they end; a revoked key is refused by both replicas."""
+    key_id, key = create_key(
+        replicas[0].url, secrets_seen, user=f"conc2-{uuid.uuid4().hex[:8]}", tier="conc2"
+    )
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": "mock-gpt", "input": "slow", "stream": True}
+
+    async def scenario() -> tuple[list[int], int, int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            slow = {**headers, "x-mock-ttft-ms": "1500"}
+            running = [
+                asyncio.create_task(client.post(f"{r.url}/v1/responses", json=body, headers=slow))
+                for r in replicas
+            ]
+            await asyncio.sleep(0.7)  # both admitted, both waiting for their first token
+            third = await client.post(f"{replicas[1].url}/v1/responses", json=body, headers=headers)
+            done = await asyncio.gather(*running)
+            after = await client.post(f"{replicas[0].url}/v1/responses", json=body, headers=headers)
+            return [r.status_code for r in done], third.status_code, after.status_code
+
+    ended, third, after = asyncio.run(scenario())
+    assert ended == [200, 200]
+    assert third == 429
+    assert after == 200
+
+    with admin_client(replicas[1].url) as admin:
+        assert admin.delete(f"/admin/keys/{key_id}").status_code == 200
+
+    def refused(url: str) -> bool:
+        body = {"model": "mock-gpt", "input": "x"}
+        return httpx.post(f"{url}/v1/responses", json=body, headers=headers).status_code == 401
+
+    for replica in replicas:
+        eventually(functools.partial(refused, replica.url))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import secrets
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 
 import uvicorn
 from litestar import Litestar
+from uvicorn.supervisors import Multiprocess
 
 from .app import create_app
 from .keys_cli import add_keys_commands, run_keys_command
@@ -124,6 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
         create_app(settings, on_ready=ready),
         host=host,
         port=port,
+        timeout_graceful_shutdown=_drain_seconds(settings),
         **_UVICORN,
     )
     return 0
@@ -136,8 +139,12 @@ _UVICORN: dict[str, Any] = {
     "log_config": None,
     "proxy_headers": False,  # client addresses are not used; spare the middleware
     "server_header": False,
-    "timeout_graceful_shutdown": 30,
 }
+
+
+def _drain_seconds(settings: Settings) -> int:
+    """uvicorn's grace for requests in flight after SIGTERM (it takes whole seconds)."""
+    return math.ceil(settings.server.drain_seconds)
 
 
 def _serve_workers(
@@ -154,15 +161,35 @@ def _serve_workers(
     os.environ[CONFIG_ENV] = str(Path(config).resolve())
     os.environ[MULTIPROC_ENV] = metrics_dir
     print(f"LLM gateway on {url} with {workers} workers (config: {config})", file=sys.stderr)
+    server = uvicorn.Config(
+        "gateway.cli:worker_app", factory=True, workers=workers, host=host, port=port,
+        timeout_graceful_shutdown=_drain_seconds(settings), **_UVICORN,
+    )  # fmt: skip
     try:
-        uvicorn.run(
-            "gateway.cli:worker_app", factory=True, workers=workers, host=host, port=port,
-            **_UVICORN,
-        )  # fmt: skip
+        _Supervisor(server, sockets=[server.bind_socket()]).run()
     finally:
         if configured is None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor of the workers (as `uvicorn.run` starts it), which also closes its
+    own copy of the listening socket on SIGTERM or SIGINT: once the draining workers have
+    closed theirs, a new connection is refused at once instead of waiting in a backlog that
+    no process accepts from any more."""
+
+    def handle_term(self) -> None:
+        self._stop_listening()
+        super().handle_term()
+
+    def handle_int(self) -> None:
+        self._stop_listening()
+        super().handle_int()
+
+    def _stop_listening(self) -> None:
+        for sock in self.sockets:
+            sock.close()
 
 
 def worker_app() -> Litestar:

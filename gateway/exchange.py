@@ -47,6 +47,8 @@ class Exchange:
     response_started: bool = False
     response_complete: bool = False
     client_disconnected: bool = False
+    interrupted: bool = False
+    """Cut by this process's shutdown (its grace for requests in flight ran out)."""
     ratelimit_headers: list[tuple[bytes, bytes]] | None = None
     output_estimate: int = 0
     """Output tokens seen so far when usage is unknown (stream frames, body size / 4)."""
@@ -64,11 +66,14 @@ class Exchange:
 
     def end(self) -> str:
         """How the request ended: completed, incomplete, failed (as the response says),
-        rejected (429), client_disconnected or error."""
+        rejected (429), client_disconnected, interrupted (cut by the gateway's shutdown) or
+        error."""
         if self.status == 429:
             return "rejected"
         if self.client_disconnected:
             return "client_disconnected"
+        if self.interrupted:
+            return "interrupted"
         outcome = self.outcome
         if outcome is not None and outcome.status in ("completed", "incomplete", "failed"):
             return outcome.status
@@ -119,6 +124,7 @@ class Exchange:
             "request_user": self.user,
             "metadata": self.metadata,
             "client_disconnected": self.client_disconnected,
+            "interrupted": self.interrupted,
         }
 
 

@@ -54,7 +54,8 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
     time: float
     """Unix time the request arrived."""
     end: str
-    """completed, incomplete, failed, rejected, error or client_disconnected."""
+    """completed, incomplete, failed, rejected, error, client_disconnected or interrupted (the
+    stream was cut by its replica's shutdown or death)."""
     status: int
     stream: bool
     user: str | None = None

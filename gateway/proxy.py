@@ -105,6 +105,9 @@ class ResponsesEndpoint:
                 await _send_error(send, ex, exc)
         except ClientGone:
             ex.client_disconnected = True
+        except asyncio.CancelledError:  # shutdown: the grace for requests in flight ran out
+            ex.interrupted = True
+            raise
         finally:
             ended = time.perf_counter()
             fields = ex.log_fields(ended)

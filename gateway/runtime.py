@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +29,7 @@ from .redis_store import RedisStore
 from .request_ids import RequestIds
 from .routing import Router
 from .settings import EMBEDDED, Settings
+from .shutdown import on_termination
 from .upstream import Upstreams
 
 OnReady = Callable[["Runtime"], Any]
@@ -42,6 +44,8 @@ class Runtime:
         self.settings = settings
         self.metrics = Metrics(metrics_dir)
         self.ready = False
+        self.draining = False
+        """SIGTERM came: this replica finishes what it serves and takes nothing new."""
         self.log = structlog.get_logger("gateway")
         self.ids = RequestIds()
         self.redis_keys = RedisKeys()
@@ -85,10 +89,30 @@ class Runtime:
             if self._on_ready is not None:
                 await self._on_ready(self)
             self.ready = True
-            yield
+            restore = on_termination(self._drain)
+            try:
+                yield
+            finally:
+                restore()
         finally:
             self.ready = False
             await self._close()
+            self.log.info(
+                "shutdown_complete",
+                ledger_written=self.ledger.written if self.ledger else 0,
+                ledger_unwritten=self.ledger.backlog if self.ledger else 0,
+                ledger_dropped=self.ledger.dropped if self.ledger else 0,
+            )
+
+    def _drain(self, number: int) -> None:
+        """A termination signal (in a signal handler: only set a flag and say so)."""
+        if not self.draining:
+            self.draining = True
+            self.log.info(
+                "draining",
+                signal=signal.Signals(number).name,
+                drain_seconds=self.settings.server.drain_seconds,
+            )
 
     async def _open_redis(self) -> None:
         url = self.settings.redis.url
@@ -143,6 +167,8 @@ class Runtime:
 
     async def readiness(self) -> dict[str, Any]:
         """What /readyz reports; `ready` is False when this replica should get no traffic."""
+        if self.draining:
+            return {"ready": False, "status": "draining"}
         if not self.ready:
             return {"ready": False, "status": "starting"}
         if self.store is None:

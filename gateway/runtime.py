@@ -115,9 +115,7 @@ class Runtime:
             )
 
     async def _open_redis(self) -> None:
-        url = self.settings.redis.url
-        if url is None:  # settings refuse this combination; kept for the type checker
-            raise RuntimeError("auth is enabled without redis.url")
+        url = self.settings.redis.url  # None in sentinel mode: the Sentinels name the primary
         if url == EMBEDDED:
             self._redis_server = EmbeddedRedis()
             url = await self._redis_server.start()

@@ -30,6 +30,7 @@ _ENUMS = {
     "level": ("debug", "info", "warning", "error"),
     "format": ("json", "console"),
     "on_failure": ("fail_closed", "fail_open"),
+    "mode": ("standalone", "sentinel", "cluster"),
 }
 
 

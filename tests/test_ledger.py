@@ -227,6 +227,36 @@ def test_nothing_is_lost_or_doubled_while_redis_is_down(
     assert len({r["id"] for r in records}) == 6
 
 
+def test_records_refused_for_lack_of_memory_are_kept_and_written_later(
+    gateway_factory: GatewayFactory,
+    outage_redis: RedisServer,
+    mock_upstream: ServerProcess,
+    secrets_seen: list[str],
+) -> None:
+    """Redis out of memory (maxmemory reached, noeviction) refuses every script with OOM: the
+    records wait, none is dropped, and they are written once memory is freed."""
+    gateway = gateway_factory(_config(outage_redis.url, mock_upstream.url, "fail_open"))
+    user = f"oom-{uuid.uuid4().hex[:8]}"
+    _, key = create_key(gateway.url, secrets_seen, user=user)
+    admin: Any = outage_redis.client()
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        for i in range(4):
+            served = _post(gateway.url, key, {"model": "mock-gpt", "input": f"oom {i}"})
+            assert served.status_code == 200  # fail_open: the quota cannot be kept either
+        eventually(
+            lambda: int(admin.info("errorstats").get("errorstat_OOM", {}).get("count", 0)) > 4
+        )
+        assert _records(admin, user) == []
+    finally:
+        admin.config_set("maxmemory", "0")
+    eventually(lambda: len(_records(admin, user)) == 4, timeout=15)
+    ready = httpx.get(f"{gateway.url}/readyz", timeout=5).json()
+    assert ready["ledger_dropped"] == 0
+    assert "ledger_record_dropped" not in [line["event"] for line in log_lines(gateway)]
+
+
 def _frames(chunks: Iterator[bytes]) -> Iterator[int]:
     """The running count of complete SSE frames in a stream of chunks."""
     buffer, count = b"", 0

@@ -78,6 +78,39 @@ BAD: dict[str, tuple[str, list[str]]] = {
         GOOD.replace("url: embedded", "url: 'http://user:hunter2@cache:6379'"),
         ["redis.url", "redis://", "//***@cache"],
     ),
+    "redis_mode": (
+        GOOD.replace("url: embedded", "{url: embedded, mode: clustered}"),
+        ["redis.mode", "standalone", "sentinel", "cluster"],
+    ),
+    "sentinel_without_sentinels": (
+        GOOD.replace("url: embedded", "{mode: sentinel}"),
+        ["redis.sentinels", "at least one `host:port`"],
+    ),
+    "sentinel_with_url": (
+        GOOD.replace(
+            "url: embedded", "{mode: sentinel, url: 'redis://x:6379', sentinels: ['s:26379']}"
+        ),
+        ["redis.url", "none in sentinel mode"],
+    ),
+    "sentinel_address": (
+        GOOD.replace("url: embedded", "{mode: sentinel, sentinels: ['s:26379', 'no-port']}"),
+        ["redis.sentinels[1]", "host:port", "no-port"],
+    ),
+    "cluster_embedded": (
+        GOOD.replace("url: embedded", "{url: embedded, mode: cluster}"),
+        ["redis.url", "a node of the Redis Cluster"],
+    ),
+    "tls_cert_without_key": (
+        GOOD.replace("url: embedded", "{url: 'rediss://r:6379', tls: {cert_file: /etc/hostname}}"),
+        ["redis.tls", "both cert_file and key_file"],
+    ),
+    "tls_missing_ca": (
+        GOOD.replace(
+            "url: embedded", "{url: 'rediss://r:6379', tls: {ca_file: /nonexistent/ca.pem}}"
+        ),
+        ["redis.tls.ca_file", "readable file", "/nonexistent/ca.pem"],
+    ),
+    "negative_drain": (GOOD + "server: {drain_seconds: -1}\n", ["server.drain_seconds", ">= 0"]),
     "unknown_default_tier": (
         GOOD + "limits: {default_tier: gold, tiers: {silver: {}}}\n",
         ["limits.default_tier", "silver", "gold"],

@@ -18,6 +18,7 @@ record, when it ends, removes its save.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import functools
 import itertools
@@ -104,16 +105,19 @@ def encode(record: UsageRecord) -> bytes:
 class Packer:
     """Packs records for `lua/ledger_append.lua`, each as its keys — its id's marker (used
     only when its progress was saved), the users of its day, its user's sums of the month —
-    and its arguments: its number in its writer's order, id, JSON, user, its sum fields'
-    prefix (``day TAB model TAB``), and "1" when its progress was saved (else "").
+    and its arguments: its number in its writer's order, id, JSON, tokens (input, cached,
+    output, reasoning, total: the script then need not decode the JSON), user, its sum
+    fields' prefix (``day TAB model TAB``), when its month's sums expire (the month's end +
+    `retention_days` + a day), and "1" when its progress was saved (else "").
 
     What repeats from record to record (a user's keys of a day) is packed once: at a few
     thousand requests per second, packing was most of what the ledger cost."""
 
     _KEPT = 4096
 
-    def __init__(self, keys: RedisKeys) -> None:
+    def __init__(self, keys: RedisKeys, retention_days: float) -> None:
         self._keys = keys
+        self._kept = int(retention_days * 86_400) + 86_400
         self._head_keys = pack(keys.ledger())
         self._route = keys.ledger_stream()
         self._no_marker = pack((keys.ledger_seen("-"),))
@@ -132,9 +136,13 @@ class Packer:
             else:
                 marker, saved = self._no_marker, self._not_saved
             keys += (marker, user_keys)
-            args += (pack((number, record.id, encode(record))), user_args, saved)
+            tokens = (
+                f"{record.input_tokens} {record.cached_input_tokens} {record.output_tokens} "
+                f"{record.reasoning_tokens} {record.total_tokens}"
+            )
+            args += (pack((number, record.id, encode(record), tokens)), user_args, saved)
         n = len(records)
-        return Packed(4 + 3 * n, 8 + 9 * n, b"".join(keys) + b"".join(args), self._route)
+        return Packed(4 + 3 * n, 8 + 11 * n, b"".join(keys) + b"".join(args), self._route)
 
     def _user(self, record: UsageRecord) -> tuple[bytes, bytes]:
         day, user = record.day(), record.user or "-"
@@ -143,9 +151,17 @@ class Packer:
             if len(self._repeated) >= self._KEPT:
                 self._repeated.clear()
             keys = pack((self._keys.ledger_users(day), self._keys.ledger_user_month(user, day[:7])))
-            found = keys, pack((user, f"{day}\t{record.model or '-'}\t"))
+            expires = _month_end(day) + self._kept
+            found = keys, pack((user, f"{day}\t{record.model or '-'}\t", expires))
             self._repeated[(day, user, record.model)] = found
         return found
+
+
+def _month_end(day: str) -> int:
+    """Unix time of the end of the month of `day` (``YYYY-MM-DD``)."""
+    year, month = int(day[:4]), int(day[5:7])
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
 
 
 def record_of(ex: Exchange, log: dict[str, Any]) -> UsageRecord:
@@ -220,7 +236,7 @@ class Ledger:
         self._save_script = store.script("ledger_save")
         self._orphans_script = store.script("ledger_orphans")
         self._batch = ScriptBatcher(store, "ledger", log)
-        self._packer = Packer(keys)
+        self._packer = Packer(keys, settings.retention_days)
         self._queue: deque[tuple[int, UsageRecord]] = deque()
         """Records not yet written, with their numbers in this writer's order."""
         self._numbers = itertools.count(1)

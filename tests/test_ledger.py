@@ -138,7 +138,9 @@ def _append(client: redis.Redis, writer: str, *numbered: tuple[int, UsageRecord]
     sha = client.script_load(
         (Path(__file__).resolve().parents[1] / "gateway" / "lua" / "ledger_append.lua").read_text()
     )
-    call = Packer(RedisKeys()).chunk([86_400, 30 * 86_400_000, 31 * 86_400, writer], [*numbered])
+    call = Packer(RedisKeys(), 30).chunk(
+        [86_400, 30 * 86_400_000, 31 * 86_400, writer], [*numbered]
+    )
     connection = client.connection_pool.get_connection()
     try:
         connection.send_packed_command([evalsha(sha, call)])  # type: ignore[no-untyped-call]

@@ -15,11 +15,15 @@
 --                    "YYYY-MM-DD TAB model TAB measure")
 -- ARGV[1] dedupe_seconds    (how long markers and writers' numbers are kept)
 -- ARGV[2] retention_ms      (stream entries older than this are trimmed, approximately)
--- ARGV[3] sums_ttl_s
+-- ARGV[3] how long a day's set of users is kept (s)
 -- ARGV[4] the writer's id
--- ARGV[5 + 6(i-1)..] record i: its number, id, the record (JSON, stored as the entry's field
---                    `r`), user, "YYYY-MM-DD TAB model TAB" (its sum fields' prefix), and
---                    "1" when its stream's progress was saved (else "")
+-- ARGV[5 + 7(i-1)..] record i: its number, id, the record (JSON, stored as the entry's field
+--                    `r`), its tokens "input cached output reasoning total" (so that the JSON
+--                    need not be decoded here: that was most of the script's time), user,
+--                    "YYYY-MM-DD TAB model TAB" (its sum fields' prefix), when its month's sums
+--                    expire (Unix seconds: the month's end + the retention; set when a sum
+--                    field is created, not at every write), and "1" when its stream's progress
+--                    was saved (else "")
 --
 -- Returns the number of records written (the others had been already).
 
@@ -31,39 +35,45 @@ local minid = tostring(now - tonumber(ARGV[2])) .. "-0"
 local dedupe = tonumber(ARGV[1])
 local applied = tonumber(redis.call("HGET", KEYS[4], ARGV[4]) or "0")
 local last = applied
-local users, increments = {}, {}  -- key -> member -> 1; key -> field -> amount
-local function add(into, key, field, amount)
-  local fields = into[key]
-  if not fields then
-    fields = {}
-    into[key] = fields
-  end
-  fields[field] = (fields[field] or 0) + amount
-end
+local users, sums = {}, {}  -- key -> member -> true; key -> prefix -> {requests, tokens...}
+local expiry = {}  -- sums key -> when it expires
 local written = 0
 for i = 1, (#KEYS - 4) / 3 do
   local k = 5 + 3 * (i - 1)
-  local a = 5 + 6 * (i - 1)
+  local a = 5 + 8 * (i - 1)
   local number, id = tonumber(ARGV[a]), ARGV[a + 1]
   if number > applied then
     if number > last then last = number end
     local fresh = true
-    if ARGV[a + 5] ~= "" then  -- the stream is over, or its orphan written: its save goes
+    if ARGV[a + 7] ~= "" then  -- the stream is over, or its orphan written: its save goes
       redis.call("HDEL", KEYS[2], id)
       redis.call("ZREM", KEYS[3], id)
       fresh = redis.call("SET", KEYS[k], "1", "NX", "EX", dedupe)
     end
     if fresh then
       redis.call("XADD", KEYS[1], "MINID", "~", minid, "*", "r", ARGV[a + 2])
-      add(users, KEYS[k + 1], ARGV[a + 3], 1)
-      local record = cjson.decode(ARGV[a + 2])
-      local sums, prefix = KEYS[k + 2], ARGV[a + 4]
-      add(increments, sums, prefix .. "requests", 1)
-      for _, measure in ipairs(MEASURES) do
-        local amount = record[measure]
-        if amount and amount ~= 0 then
-          add(increments, sums, prefix .. measure, amount)
-        end
+      local members = users[KEYS[k + 1]]
+      if not members then
+        members = {}
+        users[KEYS[k + 1]] = members
+      end
+      members[ARGV[a + 4]] = true
+      local prefixes = sums[KEYS[k + 2]]
+      if not prefixes then
+        prefixes = {}
+        sums[KEYS[k + 2]] = prefixes
+        expiry[KEYS[k + 2]] = ARGV[a + 6]
+      end
+      local total = prefixes[ARGV[a + 5]]
+      if not total then
+        total = {0, 0, 0, 0, 0, 0}
+        prefixes[ARGV[a + 5]] = total
+      end
+      total[1] = total[1] + 1
+      local j = 2
+      for amount in string.gmatch(ARGV[a + 3], "%d+") do
+        total[j] = total[j] + tonumber(amount)
+        j = j + 1
       end
       written = written + 1
     end
@@ -77,11 +87,17 @@ for key, members in pairs(users) do
   end
   redis.call("EXPIRE", key, ttl)
 end
-for key, fields in pairs(increments) do
-  for field, amount in pairs(fields) do
-    redis.call("HINCRBY", key, field, amount)
+for key, prefixes in pairs(sums) do
+  for prefix, total in pairs(prefixes) do
+    if redis.call("HINCRBY", key, prefix .. "requests", total[1]) == total[1] then
+      redis.call("EXPIREAT", key, expiry[key])  -- a new day or model in the hash
+    end
+    for m = 1, #MEASURES do
+      if total[m + 1] ~= 0 then
+        redis.call("HINCRBY", key, prefix .. MEASURES[m], total[m + 1])
+      end
+    end
   end
-  redis.call("EXPIRE", key, ttl)
 end
 -- Last: a script that failed above (Redis does not undo it) leaves these numbers unapplied.
 if last > applied then

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import MovedError
 
 from .settings import RedisSettings
 
@@ -96,10 +97,20 @@ async def ready(client: Client) -> None:
         await client.initialize()
 
 
-async def rediscover(client: Client) -> None:
-    """A node answered MOVED: the Cluster's slots moved; learn them again."""
+async def moved(client: Client, error: MovedError) -> None:
+    """A node answered MOVED: its slot is served elsewhere now (resharding, failover). Trust
+    the node the answer names for that slot, as redis-py does (a full rediscovery per MOVED
+    would reconnect to every node in the middle of a resharding)."""
     if isinstance(client, RedisCluster):
-        await client.nodes_manager.initialize()
+        await client.nodes_manager.move_slot(error)
+
+
+def unreachable(client: Client) -> None:
+    """A node did not answer (it may have failed over): learn the Cluster's nodes and slots
+    again before the next call, as redis-py does after a connection error. redis-py has no
+    public call for this; `_initialize` is the flag its own `initialize()` reads."""
+    if isinstance(client, RedisCluster):
+        client._initialize = True
 
 
 def pool_of(client: Client, key: str) -> Any:

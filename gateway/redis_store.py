@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .metrics import Metrics
 from .redis_client import Client, connect, ready
@@ -142,7 +142,7 @@ class RedisStore:
                         await ready(self.client)
                         result = await operation(self.client)
         except BaseException as exc:
-            if not isinstance(exc, RedisError | OSError | TimeoutError):
+            if not isinstance(exc, RedisError | RedisClusterException | OSError | TimeoutError):
                 self.breaker.release_probe()  # cancelled: not a verdict on Redis
                 raise
             self.failures += 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,7 +28,7 @@ from .redis_store import RedisStore
 from .request_ids import RequestIds
 from .routing import Router
 from .settings import EMBEDDED, Settings
-from .shutdown import on_termination
+from .shutdown import Draining
 from .upstream import Upstreams
 
 OnReady = Callable[["Runtime"], Any]
@@ -44,9 +43,9 @@ class Runtime:
         self.settings = settings
         self.metrics = Metrics(metrics_dir)
         self.ready = False
-        self.draining = False
-        """SIGTERM came: this replica finishes what it serves and takes nothing new."""
         self.log = structlog.get_logger("gateway")
+        self.draining = Draining(self.log, settings.server.drain_seconds)
+        """SIGTERM came: this replica finishes what it serves and takes nothing new."""
         self.ids = RequestIds()
         self.redis_keys = RedisKeys()
         self.store: RedisStore | None = None
@@ -89,7 +88,7 @@ class Runtime:
             if self._on_ready is not None:
                 await self._on_ready(self)
             self.ready = True
-            restore = on_termination(self._drain)
+            restore = self.draining.install()
             try:
                 yield
             finally:
@@ -102,16 +101,6 @@ class Runtime:
                 ledger_written=self.ledger.written if self.ledger else 0,
                 ledger_unwritten=self.ledger.backlog if self.ledger else 0,
                 ledger_dropped=self.ledger.dropped if self.ledger else 0,
-            )
-
-    def _drain(self, number: int) -> None:
-        """A termination signal (in a signal handler: only set a flag and say so)."""
-        if not self.draining:
-            self.draining = True
-            self.log.info(
-                "draining",
-                signal=signal.Signals(number).name,
-                drain_seconds=self.settings.server.drain_seconds,
             )
 
     async def _open_redis(self) -> None:
@@ -149,10 +138,11 @@ class Runtime:
             self._renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewing
-        if self.limiter is not None:
-            await self.limiter.drain()
-        if self.ledger is not None:
-            await self.ledger.close()
+        # Together: settlements retried while Redis is down must not eat the ledger's time.
+        await asyncio.gather(
+            self.limiter.drain() if self.limiter is not None else asyncio.sleep(0),
+            self.ledger.close() if self.ledger is not None else asyncio.sleep(0),
+        )
         if self.auth is not None:
             await self.auth.close()
         if self.store is not None:
@@ -165,7 +155,7 @@ class Runtime:
 
     async def readiness(self) -> dict[str, Any]:
         """What /readyz reports; `ready` is False when this replica should get no traffic."""
-        if self.draining:
+        if self.draining.on:
             return {"ready": False, "status": "draining"}
         if not self.ready:
             return {"ready": False, "status": "starting"}

@@ -12,16 +12,20 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import MovedError, NoScriptError, ResponseError
 
-from .redis_client import Client, connection, pool_of, rediscover
+from .redis_client import Client, connection, moved, pool_of, unreachable
 from .redis_store import RedisStore, RedisUnavailable
 
 Orphan = Callable[[Any], None]
 """Called with the result of a call whose caller stopped waiting (e.g. its client left)."""
 
-_TRANSIENT = {"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "ASK"}
-"""Error replies that say Redis could not run the call now, not that the call is wrong."""
+_TRANSIENT = {
+    "OOM", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "ASK", "MOVED",
+    "NOREPLICAS", "NOPERM",
+}  # fmt: skip
+"""Error replies that say Redis did not run the call now, not that the call is wrong (a MOVED
+left after the resend: the slot moved again; NOPERM: an ACL to fix, the records wait)."""
 
 
 def _code(result: Any) -> str | None:
@@ -86,7 +90,9 @@ def evalsha(sha: str, packed: Packed) -> bytes:
 
 
 async def _send(r: Client, batch: list[_Call]) -> list[Any]:
-    """Each call's reply, in order; the calls grouped by the node that runs them."""
+    """Each call's reply, in order; the calls grouped by the node that runs them. A node that
+    fails takes only its own calls down: theirs become `RedisUnavailable` (they may have run),
+    the other nodes' replies stand. Raises only when every node failed."""
     nodes: dict[Any, list[int]] = {}
     for i, call in enumerate(batch):
         nodes.setdefault(pool_of(r, call.packed.route), []).append(i)
@@ -102,12 +108,23 @@ async def _send(r: Client, batch: list[_Call]) -> list[Any]:
                 except ResponseError as exc:  # the reply of this call; the next follow
                     results[i] = exc
 
-    await asyncio.gather(*(on(pool, indexes) for pool, indexes in nodes.items()))
+    groups = list(nodes.items())
+    # Every node's calls run to their end, whatever the others do: none may run after its
+    # caller was told it failed (an admission undone before it ran would never be undone).
+    failures = await asyncio.gather(
+        *(on(pool, indexes) for pool, indexes in groups), return_exceptions=True
+    )
+    failed = [
+        (indexes, f) for (_, indexes), f in zip(groups, failures, strict=True) if f is not None
+    ]
+    if failed:
+        unreachable(r)
+        if len(failed) == len(groups):
+            raise failed[0][1]
+        for indexes, failure in failed:
+            for i in indexes:
+                results[i] = RedisUnavailable(f"{type(failure).__name__}: {failure}")
     return results
-
-
-def _moved(result: Any) -> bool:
-    return _code(result) == "MOVED"
 
 
 class ScriptBatcher:
@@ -172,7 +189,11 @@ class ScriptBatcher:
                     call.future.set_exception(RedisUnavailable(str(exc), maybe_ran=exc.maybe_ran))
             return
         for call, result in zip(batch, results, strict=True):
-            if _code(result) in _TRANSIENT:
+            if isinstance(result, RedisUnavailable):  # its node failed; the others answered
+                self._log.warning("redis_error", operation=self._what, detail=str(result)[:200])
+                if not call.future.done():
+                    call.future.set_exception(result)
+            elif _code(result) in _TRANSIENT:
                 # Redis cannot run scripts right now (out of memory, a replica after a
                 # failover, loading, another script running): it did not run; try again.
                 self._log.warning("redis_busy", operation=self._what, detail=str(result)[:200])
@@ -197,14 +218,15 @@ class ScriptBatcher:
         redis-py's pipeline, which costs ~0.5 µs per argument, and which would resend a whole
         pipeline after a connection error: a call must run at most once per send (see
         limits.py). A call a Cluster node refused with MOVED (its slot moved) did not run: it
-        is sent again once the slots are learnt anew."""
+        is sent again, once, to the node the answer names."""
 
         async def send(r: Client) -> list[Any]:
             results = await _send(r, batch)
-            moved = [i for i, result in enumerate(results) if _moved(result)]
-            if moved:
-                await rediscover(r)
-                for i, result in zip(moved, await _send(r, [batch[i] for i in moved]), strict=True):
+            again = [i for i, result in enumerate(results) if isinstance(result, MovedError)]
+            if again:
+                for i in again:
+                    await moved(r, results[i])
+                for i, result in zip(again, await _send(r, [batch[i] for i in again]), strict=True):
                     results[i] = result
             return results
 

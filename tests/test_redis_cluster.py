@@ -10,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import secrets
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 import openai
 import pytest
+import yaml
 
 from gateway.redis_keys import RedisKeys
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import admin_client, create_key
-from tests.support.procs import ServerProcess
+from tests.support.procs import ServerProcess, free_port, python_module
 from tests.support.redis_cluster import PASSWORD, USER, RedisClusterNodes
 
 TIERS = {
@@ -87,6 +90,18 @@ def _user(replicas: list[ServerProcess], secrets_seen: list[str], tier: str) -> 
     return user, key
 
 
+def _users_on_every_node(cluster: RedisClusterNodes, per_node: int) -> list[str]:
+    """User names whose quota state lands `per_node` on each node (chosen by their slot)."""
+    client, keys = cluster.client(), RedisKeys()
+    chosen: dict[int, list[str]] = {port: [] for port in cluster.ports}
+    while any(len(users) < per_node for users in chosen.values()):
+        user = f"rpm50-{uuid.uuid4().hex[:8]}"
+        node = client.get_node_from_key(keys.scope(user, "user")[0])  # type: ignore[no-untyped-call]
+        if len(chosen[int(node.port)]) < per_node:
+            chosen[int(node.port)].append(user)
+    return [user for users in chosen.values() for user in users]
+
+
 def _nodes_of(cluster: RedisClusterNodes, keys: list[str]) -> set[int]:
     """The ports of the nodes holding `keys` (each key must be there)."""
     client = cluster.client()
@@ -116,19 +131,19 @@ async def _burst(urls: list[str], count: int, key: str) -> list[int]:
 def test_limits_are_exact_with_users_on_different_nodes(
     cluster: RedisClusterNodes, replicas: list[ServerProcess], secrets_seen: list[str]
 ) -> None:
-    """Six users, 150 concurrent requests each over both replicas, limit 50/min: exactly 50
-    each pass; their quota state sits on at least two of the three nodes."""
+    """Six users, two on each node, 150 concurrent requests each over both replicas, limit
+    50/min: exactly 50 each pass, counted on their own node."""
     urls = [r.url for r in replicas]
-    users = [_user(replicas, secrets_seen, "rpm50") for _ in range(6)]
-    for _, key in users:
+    users = _users_on_every_node(cluster, per_node=2)
+    for user in users:
+        _, key = create_key(replicas[0].url, secrets_seen, user=user, tier="rpm50")
         statuses = asyncio.run(_burst(urls, 150, key))
         assert statuses.count(200) == 50
         assert statuses.count(429) == 100
     keys = RedisKeys()
-    holders = _nodes_of(cluster, [keys.scope(user, "user")[0] for user, _ in users])
-    assert len(holders) >= 2
+    assert _nodes_of(cluster, [keys.scope(user, "user")[0] for user in users]) == set(cluster.ports)
     client = cluster.client()
-    for user, _ in users:
+    for user in users:
         assert client.zcard(keys.scope(user, "user")[0]) == 50
 
 
@@ -175,20 +190,22 @@ def test_slots_and_revocation_across_replicas(
 ) -> None:
     """Two slow streams hold both concurrency slots: a third request is refused on the other
     replica, admitted once they end; a revoked key is refused by both replicas."""
-    key_id, key = create_key(
-        replicas[0].url, secrets_seen, user=f"conc2-{uuid.uuid4().hex[:8]}", tier="conc2"
-    )
+    user = f"conc2-{uuid.uuid4().hex[:8]}"
+    key_id, key = create_key(replicas[0].url, secrets_seen, user=user, tier="conc2")
+    slots = RedisKeys().scope(user, "user")[4]
+    store = cluster.client()
     headers = {"authorization": f"Bearer {key}"}
     body = {"model": "mock-gpt", "input": "slow", "stream": True}
 
     async def scenario() -> tuple[list[int], int, int]:
         async with httpx.AsyncClient(timeout=30) as client:
-            slow = {**headers, "x-mock-ttft-ms": "1500"}
+            slow = {**headers, "x-mock-ttft-ms": "3000"}
             running = [
                 asyncio.create_task(client.post(f"{r.url}/v1/responses", json=body, headers=slow))
                 for r in replicas
             ]
-            await asyncio.sleep(0.7)  # both admitted, both waiting for their first token
+            # until both are admitted (and wait for their first token)
+            await asyncio.to_thread(eventually, lambda: store.zcard(slots) == 2, 2.5)
             third = await client.post(f"{replicas[1].url}/v1/responses", json=body, headers=headers)
             done = await asyncio.gather(*running)
             after = await client.post(f"{replicas[0].url}/v1/responses", json=body, headers=headers)
@@ -208,3 +225,33 @@ def test_slots_and_revocation_across_replicas(
 
     for replica in replicas:
         eventually(functools.partial(refused, replica.url))
+
+
+def test_a_cluster_down_at_start_is_the_failure_policy_not_a_crash(
+    gateway_factory: GatewayFactory, mock_upstream: ServerProcess, tmp_path: Path
+) -> None:
+    """No node answers: the gateway still starts, is not ready (fail_closed), and answers 503
+    in the OpenAI shape instead of crashing or answering 500."""
+    config = {
+        "providers": {"mock": {"base_url": mock_upstream.url + "/v1", "api_key": "k"}},
+        "models": [{"name": "mock-gpt", "provider": "mock"}],
+        "redis": {"mode": "cluster", "url": f"redis://127.0.0.1:{free_port()}", "timeout": 0.5},
+        "auth": {"admin_key": "${ADMIN_KEY}"},
+    }
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    argv = python_module("gateway", "serve", "--config", str(config_path), "--port", str(port))
+    env = {"ADMIN_KEY": "admin-key-of-this-test"}
+    with ServerProcess(argv, port, ready_path="/healthz", env=env).start(tmp_path / "g.log") as gw:
+        ready = httpx.get(f"{gw.url}/readyz", timeout=5)
+        assert ready.status_code == 503
+        assert ready.json()["redis"] == "unreachable"
+        answer = httpx.post(
+            f"{gw.url}/v1/responses",
+            json={"model": "mock-gpt", "input": "hi"},
+            headers={"authorization": f"Bearer sk-gw-kabcdefghijkl_{secrets.token_urlsafe(32)}"},
+            timeout=5,
+        )
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "auth_unavailable"

@@ -109,6 +109,9 @@ async def _send(r: Client, batch: list[_Call]) -> list[Any]:
                     results[i] = exc
 
     groups = list(nodes.items())
+    if len(groups) == 1:  # one node (always, outside a Cluster): no task per group
+        await on(*groups[0])
+        return results
     # Every node's calls run to their end, whatever the others do: none may run after its
     # caller was told it failed (an admission undone before it ran would never be undone).
     failures = await asyncio.gather(

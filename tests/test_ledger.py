@@ -133,14 +133,17 @@ def _sums(client: redis.Redis, user: str, day: str) -> dict[str, int]:
     return {k.split("\t")[2]: int(v) for k, v in month.items()}
 
 
-def _append(client: redis.Redis, writer: str, *numbered: tuple[int, UsageRecord]) -> Any:
+def _append(
+    client: redis.Redis,
+    writer: str,
+    *numbered: tuple[int, UsageRecord],
+    retention_ms: int = 30 * 86_400_000,
+) -> Any:
     """One call of ledger_append.lua, the very bytes the writer `writer` sends."""
     sha = client.script_load(
         (Path(__file__).resolve().parents[1] / "gateway" / "lua" / "ledger_append.lua").read_text()
     )
-    call = Packer(RedisKeys(), 30).chunk(
-        [86_400, 30 * 86_400_000, 31 * 86_400, writer], [*numbered]
-    )
+    call = Packer(RedisKeys(), 30).chunk([86_400, retention_ms, 31 * 86_400, writer], [*numbered])
     connection = client.connection_pool.get_connection()
     try:
         connection.send_packed_command([evalsha(sha, call)])  # type: ignore[no-untyped-call]
@@ -190,6 +193,24 @@ def test_a_saved_streams_record_is_written_once_by_any_writer(redis_server: Redi
     assert _append(client, uuid.uuid4().hex, (1, record)) == 0
     assert len(_records(client, user)) == 1
     assert client.ttl(f"gw:{{ledger}}:seen:{record.id}") > 0
+
+
+def test_records_older_than_the_retention_are_trimmed(outage_redis: RedisServer) -> None:
+    """Entries older than `ledger.retention_days` leave the stream as whole nodes of it (MINID
+    ~: approximate, at most one node of 100 entries stays behind); newer ones all stay."""
+    client = redis.Redis(host="127.0.0.1", port=outage_redis.port, decode_responses=True)
+    writer, user = uuid.uuid4().hex, f"old-{uuid.uuid4().hex[:8]}"
+    numbers = iter(range(1, 10_000))
+    for _ in range(10):
+        _append(client, writer, *[(next(numbers), _record(user)) for _ in range(32)])
+    time.sleep(0.3)
+    fresh = [(next(numbers), _record(user)) for _ in range(5)]
+    assert _append(client, writer, *fresh, retention_ms=200) == 5
+    stream = RedisKeys().ledger_stream()
+    assert client.xlen(stream) <= 100 + 5  # of 325
+    entries: Any = client.xrange(stream)
+    kept = {json.loads(fields["r"])["id"] for _, fields in entries}
+    assert {record.id for _, record in fresh} <= kept
 
 
 @pytest.fixture

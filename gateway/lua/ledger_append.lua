@@ -51,7 +51,7 @@ for i = 1, (#KEYS - 4) / 3 do
       fresh = redis.call("SET", KEYS[k], "1", "NX", "EX", dedupe)
     end
     if fresh then
-      redis.call("XADD", KEYS[1], "MINID", "~", minid, "*", "r", ARGV[a + 2])
+      redis.call("XADD", KEYS[1], "*", "r", ARGV[a + 2])
       local members = users[KEYS[k + 1]]
       if not members then
         members = {}
@@ -69,15 +69,20 @@ for i = 1, (#KEYS - 4) / 3 do
         total = {0, 0, 0, 0, 0, 0}
         prefixes[ARGV[a + 5]] = total
       end
+      local input, cached, output, reasoning, all =
+        string.match(ARGV[a + 3], "^(%d+) (%d+) (%d+) (%d+) (%d+)$")
       total[1] = total[1] + 1
-      local j = 2
-      for amount in string.gmatch(ARGV[a + 3], "%d+") do
-        total[j] = total[j] + tonumber(amount)
-        j = j + 1
-      end
+      total[2] = total[2] + tonumber(input)
+      total[3] = total[3] + tonumber(cached)
+      total[4] = total[4] + tonumber(output)
+      total[5] = total[5] + tonumber(reasoning)
+      total[6] = total[6] + tonumber(all)
       written = written + 1
     end
   end
+end
+if written > 0 then  -- entries older than the retention go, approximately (whole nodes)
+  redis.call("XTRIM", KEYS[1], "MINID", "~", minid)
 end
 -- One command per user and day, and per sum field, however many records share them.
 local ttl = tonumber(ARGV[3])

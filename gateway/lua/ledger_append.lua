@@ -17,9 +17,9 @@
 -- ARGV[2] retention_ms      (stream entries older than this are trimmed, approximately)
 -- ARGV[3] how long a day's set of users is kept (s)
 -- ARGV[4] the writer's id
--- ARGV[5 + 7(i-1)..] record i: its number, id, the record (JSON, stored as the entry's field
+-- ARGV[5 + 8(i-1)..] record i: its number, id, the record (JSON, stored as the entry's field
 --                    `r`), its tokens "input cached output reasoning total" (so that the JSON
---                    need not be decoded here: that was most of the script's time), user,
+--                    need not be decoded here: that was a fifth of the script's time), user,
 --                    "YYYY-MM-DD TAB model TAB" (its sum fields' prefix), when its month's sums
 --                    expire (Unix seconds: the month's end + the retention; set when a sum
 --                    field is created, not at every write), and "1" when its stream's progress

@@ -54,7 +54,10 @@ def connect(settings: RedisSettings, url: str | None) -> Client:
 
 def _sentinel(settings: RedisSettings, common: dict[str, Any]) -> aioredis.Redis:
     secure = _tls(settings) if settings.tls is not None else {}
-    addresses = [(host, int(port)) for host, port in (a.rsplit(":", 1) for a in settings.sentinels)]
+    addresses = [
+        (host.strip("[]"), int(port))
+        for host, port in (a.rsplit(":", 1) for a in settings.sentinels)
+    ]
     asked: dict[str, Any] = {**common, **secure}  # Sentinels: the same TLS, their own password
     if settings.sentinel_password is not None:
         asked["password"] = settings.sentinel_password

@@ -449,14 +449,17 @@ def _check_redis(redis: RedisSettings, source: str) -> None:
                 "primary: set redis.sentinels, redis.sentinel_master and redis.db)"
             )
     for index, address in enumerate(redis.sentinels):
-        if not re.match(r"^[^\s:/]+:\d{1,5}$", address):
+        if not re.match(r"^([^\s:/\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$", address):
             raise ConfigError(
                 f"{source}: redis.sentinels[{index}]: expected `host:port`, got `{address}`"
             )
-    if redis.mode == "cluster" and redis.url == EMBEDDED:
+    if redis.mode == "cluster" and redis.url is not None and not redis.url.startswith("redis"):
         raise ConfigError(
-            f"{source}: redis.url: expected a node of the Redis Cluster, got `{EMBEDDED}`"
+            f"{source}: redis.url: expected a node of the Redis Cluster (redis:// or "
+            f"rediss://), got `{_redact_url(redis.url)}`"
         )
+    if redis.tls is not None and redis.url is not None and redis.url.startswith("unix://"):
+        raise ConfigError(f"{source}: redis.tls: expected none with a unix:// redis.url")
     tls = redis.tls
     if tls is not None:
         if (tls.cert_file is None) != (tls.key_file is None):

@@ -100,6 +100,10 @@ BAD: dict[str, tuple[str, list[str]]] = {
         GOOD.replace("url: embedded", "{url: embedded, mode: cluster}"),
         ["redis.url", "a node of the Redis Cluster"],
     ),
+    "tls_over_unix_socket": (
+        GOOD.replace("url: embedded", "{url: 'unix:///run/redis.sock', tls: {}}"),
+        ["redis.tls", "unix://"],
+    ),
     "tls_cert_without_key": (
         GOOD.replace("url: embedded", "{url: 'rediss://r:6379', tls: {cert_file: /etc/hostname}}"),
         ["redis.tls", "both cert_file and key_file"],

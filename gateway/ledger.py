@@ -229,13 +229,17 @@ class Ledger:
         settings: LedgerSettings,
         log: Any,
         metrics: Metrics,
+        batch: ScriptBatcher,
     ) -> None:
+        """`batch`: the limiter's too, so that a write of records usually shares a round trip
+        to Redis with admissions and settlements (a round trip of its own cost as much CPU as
+        the rest of the ledger)."""
         self._store, self._keys, self._settings, self._log = store, keys, settings, log
         self._metrics = metrics
         self._script = store.script("ledger_append")
         self._save_script = store.script("ledger_save")
         self._orphans_script = store.script("ledger_orphans")
-        self._batch = ScriptBatcher(store, "ledger", log)
+        self._batch = batch
         self._packer = Packer(keys, settings.retention_days)
         self._queue: deque[tuple[int, UsageRecord]] = deque()
         """Records not yet written, with their numbers in this writer's order."""

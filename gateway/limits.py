@@ -102,6 +102,7 @@ class Limiter:
         fail_open: bool,
         log: Any,
         metrics: Metrics,
+        batch: ScriptBatcher,
     ) -> None:
         self._store, self._keys, self._settings = store, keys, settings
         self._policy = (
@@ -115,7 +116,7 @@ class Limiter:
         self._settle = store.script("settle")
         self._renew = store.script("renew")
         self._peek = store.script("peek")
-        self._batch = ScriptBatcher(store, "limits", log)
+        self._batch = batch
         self._lease_ms = int(settings.concurrency_lease * 1000)
         self._holding: dict[str, Admission] = {}
         self._pending: set[asyncio.Task[None]] = set()

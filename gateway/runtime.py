@@ -27,6 +27,7 @@ from .redis_keys import RedisKeys
 from .redis_store import RedisStore
 from .request_ids import RequestIds
 from .routing import Router
+from .script_batch import ScriptBatcher
 from .settings import EMBEDDED, Settings
 from .shutdown import Draining
 from .upstream import Upstreams
@@ -115,6 +116,9 @@ class Runtime:
             self.settings.auth, self.keystore, self.fail_open, self.log, self.metrics
         )
         await self.auth.open()
+        # One queue of script calls for quotas and the ledger: each event-loop turn's calls
+        # go to Redis together.
+        scripts = ScriptBatcher(self.store, "scripts", self.log)
         self.limiter = Limiter(
             self.store,
             self.redis_keys,
@@ -122,10 +126,11 @@ class Runtime:
             self.fail_open,
             self.log,
             self.metrics,
+            scripts,
         )
         if self.settings.ledger.enabled:
             self.ledger = Ledger(
-                self.store, self.redis_keys, self.settings.ledger, self.log, self.metrics
+                self.store, self.redis_keys, self.settings.ledger, self.log, self.metrics, scripts
             )
         self._renewing = asyncio.get_running_loop().create_task(self.limiter.renew_leases())
         if not await self.store.warm():

@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import MovedError
 
 from .settings import RedisSettings
@@ -141,3 +141,12 @@ async def connection(pool: Any) -> AsyncIterator[Connection]:
             pool.release(conn)
         else:
             await pool.release(conn)
+
+
+async def close(client: Client) -> None:
+    """Close the client's connections, and in sentinel mode those to the Sentinels."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()

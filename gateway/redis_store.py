@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisClusterException, RedisError
 
 from .metrics import Metrics
-from .redis_client import Client, connect, ready
+from .redis_client import Client, close, connect, ready
 from .settings import RedisSettings
 
 T = TypeVar("T")
@@ -174,4 +174,4 @@ class RedisStore:
         return True
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await close(self.client)

@@ -139,7 +139,7 @@ class RedisStore:
                     result = await operation(self.client)
                 else:
                     async with self._gate:
-                        await ready(self.client)
+                        await ready(self.client)  # a Cluster's slots, learnt once
                         result = await operation(self.client)
         except BaseException as exc:
             if not isinstance(exc, RedisError | RedisClusterException | OSError | TimeoutError):

@@ -191,9 +191,13 @@ class ScriptBatcher:
                 if not call.future.done():
                     call.future.set_exception(RedisUnavailable(str(exc), maybe_ran=exc.maybe_ran))
             return
+        lost = [r for r in results if isinstance(r, RedisUnavailable)]
+        if lost:  # a node failed, the others answered: one line, not one per call
+            self._log.warning(
+                "redis_error", operation=self._what, detail=str(lost[0])[:200], calls=len(lost)
+            )
         for call, result in zip(batch, results, strict=True):
-            if isinstance(result, RedisUnavailable):  # its node failed; the others answered
-                self._log.warning("redis_error", operation=self._what, detail=str(result)[:200])
+            if isinstance(result, RedisUnavailable):
                 if not call.future.done():
                     call.future.set_exception(result)
             elif _code(result) in _TRANSIENT:

@@ -380,6 +380,7 @@ def _check_references(settings: Settings, source: str) -> None:
                 f"`{EMBEDDED}`, got `{url}`"
             )
     _check_auth(settings, source)
+    _check_redis(settings.redis, source)
     ledger = settings.ledger
     if ledger.orphan_seconds < 3 * ledger.checkpoint_seconds:
         raise ConfigError(
@@ -416,7 +417,6 @@ def _check_auth(settings: Settings, source: str) -> None:
         if key_id in ids[:index]:
             raise ConfigError(f"{source}: auth.keys[{index}].id: `{key_id}` is listed twice")
     url = settings.redis.url
-    _check_redis(settings.redis, source)
     if url is None:
         if settings.auth.enabled and settings.redis.mode != "sentinel":
             raise ConfigError(
@@ -458,17 +458,17 @@ def _check_redis(redis: RedisSettings, source: str) -> None:
             f"{source}: redis.url: expected a node of the Redis Cluster (redis:// or "
             f"rediss://), got `{_redact_url(redis.url)}`"
         )
-    if redis.tls is not None and redis.url is not None and redis.url.startswith("unix://"):
-        raise ConfigError(f"{source}: redis.tls: expected none with a unix:// redis.url")
     tls = redis.tls
     if tls is not None:
+        if redis.url is not None and redis.url.startswith("unix://"):
+            raise ConfigError(f"{source}: redis.tls: expected none with a unix:// redis.url")
         if (tls.cert_file is None) != (tls.key_file is None):
             raise ConfigError(
                 f"{source}: redis.tls: expected both cert_file and key_file, or neither"
             )
         for field in ("ca_file", "cert_file", "key_file"):
             name = getattr(tls, field)
-            if name is not None and not Path(name).is_file():
+            if name is not None and not (Path(name).is_file() and os.access(name, os.R_OK)):
                 raise ConfigError(
                     f"{source}: redis.tls.{field}: expected a readable file, got `{name}`"
                 )

@@ -81,13 +81,16 @@ def _deltas(stream: str) -> list[str]:
 
 def _refused(url: str, timeout: float = 5.0) -> bool:
     """Wait (up to `timeout`) for the gateway to refuse new connections: its workers stop
-    listening within 0.1 s of the signal, its supervisor within 0.5 s."""
+    listening within 0.1 s of the signal, its supervisor within 0.5 s. Meanwhile a probe may be
+    answered, or reset: a connection that reached the backlog as the last listener closed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             httpx.get(f"{url}/readyz", timeout=2)
         except httpx.ConnectError:
             return True
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            pass  # reset without an answer while the sockets close: not refused yet, look again
         time.sleep(0.05)
     return False
 

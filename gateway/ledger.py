@@ -37,17 +37,21 @@ from .redis_keys import RedisKeys
 from .redis_store import RedisStore, RedisUnavailable
 from .script_batch import Packed, ScriptBatcher, ScriptRefused, pack
 from .settings import LedgerSettings
+from .usage import Usage
 
 BATCH = 256
-PER_CALL = 32
-"""Records per call of `lua/ledger_append.lua`: few replies, and Redis busy ~0.3 ms at most."""
+"""Records per call of `lua/ledger_append.lua` at most (a quarter of `ledger.buffer_records`
+if less): Redis is then busy ~0.4 ms at most."""
 LINGER = 0.01
 """Seconds the writer waits after the first new record before it writes."""
 RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-class UsageRecord(msgspec.Struct, omit_defaults=True):
-    """What one request used, whatever its end."""
+class UsageRecord(msgspec.Struct, omit_defaults=True, gc=False):
+    """What one request used, whatever its end. (Not tracked by the garbage collector: it
+    holds only text, numbers and a dict of text, never a cycle.)
+
+    Its fields are in the order `_record` passes them."""
 
     id: str
     """Unique per record: the idempotency key of its write."""
@@ -102,16 +106,52 @@ def encode(record: UsageRecord) -> bytes:
     return _encoder.encode(record)
 
 
-class Packer:
-    """Packs records for `lua/ledger_append.lua`, each as its keys — its id's marker (used
-    only when its progress was saved), the users of its day, its user's sums of the month —
-    and its arguments: its number in its writer's order, id, JSON, tokens (input, cached,
-    output, reasoning, total: the script then need not decode the JSON), user, its sum
-    fields' prefix (``day TAB model TAB``), when its month's sums expire (the month's end +
-    `retention_days` + a day), and "1" when its progress was saved (else "").
+class Batch:
+    """Records written in one call of `lua/ledger_append.lua`, whole or not at all: each
+    record's JSON, and the sums they add, summed here as records arrive (per user, day and
+    model: at a few thousand requests per second, packing each record's tokens for Redis cost
+    more than the rest of the ledger). A record whose progress was saved is kept apart: it
+    counts only if no other writer wrote it first, which only Redis can tell."""
 
-    What repeats from record to record (a user's keys of a day) is packed once: at a few
-    thousand requests per second, packing was most of what the ledger cost."""
+    __slots__ = ("lines", "number", "saved", "sums")
+
+    def __init__(self) -> None:
+        self.number = 0
+        """Its place in its writer's order, set when it is closed: Redis skips a number it
+        applied already, so a call retried after a timeout counts once."""
+        self.lines: list[bytes] = []
+        self.sums: dict[tuple[float, str, str | None], list[int]] = {}
+        """(day, user, model) -> [requests, input, cached, output, reasoning, total tokens]."""
+        self.saved: list[tuple[int, UsageRecord]] = []
+        """(index in `lines`, record) of the records whose progress was saved."""
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def add(self, record: UsageRecord) -> None:
+        key = (record.time // 86_400, record.user or "-", record.model)
+        found = self.sums.get(key)
+        if found is None:
+            found = self.sums[key] = [0, 0, 0, 0, 0, 0]
+        if record.checkpointed:
+            self.saved.append((len(self.lines), record))
+        else:
+            found[0] += 1
+            found[1] += record.input_tokens
+            found[2] += record.cached_input_tokens
+            found[3] += record.output_tokens
+            found[4] += record.reasoning_tokens
+            found[5] += record.total_tokens
+        self.lines.append(_encoder.encode(record))
+
+    def records(self) -> list[UsageRecord]:
+        """Its records, read back (to say which were dropped)."""
+        return [_decoder.decode(line) for line in self.lines]
+
+
+class Packer:
+    """Packs a `Batch` for `lua/ledger_append.lua` (its header describes the layout). What
+    repeats from batch to batch (a user's keys and sum fields of a day) is packed once."""
 
     _KEPT = 4096
 
@@ -120,41 +160,48 @@ class Packer:
         self._kept = int(retention_days * 86_400) + 86_400
         self._head_keys = pack(keys.ledger())
         self._route = keys.ledger_stream()
-        self._no_marker = pack((keys.ledger_seen("-"),))
-        """Passed in the marker's place for a record that needs none."""
-        self._saved, self._not_saved = pack(("1",)), pack(("",))
-        self._repeated: dict[tuple[str, str, str | None], tuple[bytes, bytes]] = {}
+        self._repeated: dict[tuple[float, str, str | None], tuple[bytes, bytes]] = {}
 
-    def chunk(self, head: list[Any], records: list[tuple[int, UsageRecord]]) -> Packed:
+    def call(self, head: list[Any], batch: Batch) -> Packed:
         """A call's keys and arguments: `head` (`ledger_append.lua`'s ARGV[1..4]), then
-        `records` with their numbers."""
-        keys, args = [self._head_keys], [pack(head)]
-        for number, record in records:
-            user_keys, user_args = self._user(record)
-            if record.checkpointed:
-                marker, saved = pack((self._keys.ledger_seen(record.id),)), self._saved
-            else:
-                marker, saved = self._no_marker, self._not_saved
-            keys += (marker, user_keys)
-            tokens = (
-                f"{record.input_tokens} {record.cached_input_tokens} {record.output_tokens} "
-                f"{record.reasoning_tokens} {record.total_tokens}"
-            )
-            args += (pack((number, record.id, encode(record), tokens)), user_args, saved)
-        n = len(records)
-        return Packed(4 + 3 * n, 8 + 11 * n, b"".join(keys) + b"".join(args), self._route)
+        `batch`."""
+        blob = b"\n".join(batch.lines)
+        keys, args = [self._head_keys], [pack((*head, batch.number, blob, len(batch.sums)))]
+        groups = {}
+        for group, (key, sums) in enumerate(batch.sums.items(), 1):
+            groups[key] = group
+            group_keys, group_args = self._group(key)
+            keys.append(group_keys)
+            args += (group_args, pack(sums))
+        for index, record in batch.saved:
+            keys.append(pack((self._keys.ledger_seen(record.id),)))
+            group = groups[(record.time // 86_400, record.user or "-", record.model)]
+            args.append(pack((index + 1, record.id, group, *_tokens(record))))
+        n_keys = 4 + 2 * len(batch.sums) + len(batch.saved)
+        n_args = 7 + 9 * len(batch.sums) + 8 * len(batch.saved)
+        return Packed(n_keys, n_keys + n_args, b"".join(keys) + b"".join(args), self._route)
 
-    def _user(self, record: UsageRecord) -> tuple[bytes, bytes]:
-        day, user = record.day(), record.user or "-"
-        found = self._repeated.get((day, user, record.model))
+    def _group(self, key: tuple[float, str, str | None]) -> tuple[bytes, bytes]:
+        found = self._repeated.get(key)
         if found is None:
             if len(self._repeated) >= self._KEPT:
                 self._repeated.clear()
+            number, user, model = key
+            day = _day(int(number))
             keys = pack((self._keys.ledger_users(day), self._keys.ledger_user_month(user, day[:7])))
-            expires = _month_end(day) + self._kept
-            found = keys, pack((user, f"{day}\t{record.model or '-'}\t", expires))
-            self._repeated[(day, user, record.model)] = found
+            found = keys, pack((user, f"{day}\t{model or '-'}\t", _month_end(day) + self._kept))
+            self._repeated[key] = found
         return found
+
+
+def _tokens(record: UsageRecord) -> tuple[int, ...]:
+    return (
+        record.input_tokens,
+        record.cached_input_tokens,
+        record.output_tokens,
+        record.reasoning_tokens,
+        record.total_tokens,
+    )
 
 
 def _month_end(day: str) -> int:
@@ -166,49 +213,60 @@ def _month_end(day: str) -> int:
 
 def record_of(ex: Exchange, log: dict[str, Any]) -> UsageRecord:
     """The ledger record of a finished exchange; `log`: its canonical log line's fields."""
-    record = _record(ex, ex.end(), log["latency_ms"], log["ttft_ms"])
-    usage = ex.outcome.usage if ex.outcome is not None else None
-    if usage is not None:
-        record.input_tokens = usage.input_tokens
-        record.cached_input_tokens = usage.cached_input_tokens
-        record.output_tokens = usage.output_tokens
-        record.reasoning_tokens = usage.reasoning_tokens
-        record.total_tokens = usage.total_tokens
-        record.response_id = ex.outcome.response_id if ex.outcome is not None else None
-    elif ex.partly_delivered:
-        _estimate(record, ex, ex.output_estimate)
+    outcome = ex.outcome
+    usage = outcome.usage if outcome is not None else None
+    if usage is None:
+        record = _record(ex, ex.end(), log["latency_ms"], log["ttft_ms"], _NO_USAGE)
+        if ex.partly_delivered:
+            _estimate(record, ex, ex.output_estimate)
+        record.checkpointed = ex.checkpointed
+        return record
+    record = _record(ex, ex.end(), log["latency_ms"], log["ttft_ms"], usage)
+    record.response_id = outcome.response_id  # type: ignore[union-attr]  # usage implies it
     record.checkpointed = ex.checkpointed
     return record
+
+
+_NO_USAGE = Usage()
 
 
 def progress_of(ex: Exchange, frames: int, first_token_at: float | None) -> UsageRecord:
     """A running stream's usage so far, as the record to write should its replica die; `ex`
     is marked as saved (its own record may then race the one written from the save)."""
     latency = elapsed_ms(ex.started, time.perf_counter())
-    record = _record(ex, "interrupted", latency, elapsed_ms(ex.started, first_token_at))
+    ttft = elapsed_ms(ex.started, first_token_at)
+    record = _record(ex, "interrupted", latency, ttft, _NO_USAGE)
     _estimate(record, ex, frames)
     record.checkpointed = ex.checkpointed = True
     return record
 
 
-def _record(ex: Exchange, end: str, latency_ms: float | None, ttft_ms: float | None) -> UsageRecord:
+def _record(
+    ex: Exchange, end: str, latency_ms: float | None, ttft_ms: float | None, usage: Usage
+) -> UsageRecord:
+    # Positional: msgspec matches keyword arguments by name, ten times slower per record.
     return UsageRecord(
-        id=ex.record_id,
-        request_id=ex.request_id,
-        time=round(ex.arrived, 3),
-        end=end,
-        status=ex.status,
-        stream=ex.stream,
-        user=ex.caller,
-        key_id=ex.key_id,
-        team=ex.team,
-        model=ex.model if ex.provider is not None else None,  # a served model, never any text
-        provider=ex.provider,
-        upstream_model=ex.upstream_model,
-        latency_ms=latency_ms,
-        ttft_ms=ttft_ms,
-        request_user=ex.user,
-        metadata=ex.metadata,
+        ex.record_id,
+        ex.request_id,
+        round(ex.arrived, 3),
+        end,
+        ex.status,
+        ex.stream,
+        ex.caller,
+        ex.key_id,
+        ex.team,
+        ex.model if ex.provider is not None else None,  # a served model, never any text
+        ex.provider,
+        ex.upstream_model,
+        usage.input_tokens,
+        usage.cached_input_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+        usage.total_tokens,
+        latency_ms,
+        ttft_ms,
+        ex.user,  # the request's own `user` field
+        ex.metadata,
     )
 
 
@@ -241,11 +299,16 @@ class Ledger:
         self._orphans_script = store.script("ledger_orphans")
         self._batch = batch
         self._packer = Packer(keys, settings.retention_days)
-        self._queue: deque[tuple[int, UsageRecord]] = deque()
-        """Records not yet written, with their numbers in this writer's order."""
+        self._open = Batch()
+        """The records since the writer last took them."""
+        self._closed: deque[Batch] = deque()
+        """Batches taken but not yet written, oldest first."""
+        self._sending: Batch | None = None
+        self._per_batch = min(BATCH, settings.buffer_records // 4)
+        self._backlog = 0
         self._numbers = itertools.count(1)
         self._writer = secrets.token_hex(8)
-        """This process's writer id: Redis keeps the last record number it applied."""
+        """This process's writer id: Redis keeps the last batch number it applied."""
         self._following: dict[str, list[Any]] = {}
         """Running streams by record id: [when their progress is next due, progress()]."""
         self._saves: dict[str, UsageRecord] = {}
@@ -258,7 +321,7 @@ class Ledger:
     @property
     def backlog(self) -> int:
         """Records waiting to be written."""
-        return len(self._queue)
+        return self._backlog
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -271,10 +334,35 @@ class Ledger:
     def record(self, record: UsageRecord) -> None:
         """Queue a record; never waits, never fails."""
         self._saves.pop(record.id, None)  # the end supersedes any progress not yet saved
-        if len(self._queue) >= self._settings.buffer_records:
-            self._drop(self._queue.popleft()[1], backlog=len(self._queue))
-        self._queue.append((next(self._numbers), record))
-        self._wake.set()
+        if self._backlog >= self._settings.buffer_records:
+            self._make_room()
+        batch = self._open
+        if not batch.lines:
+            self._wake.set()  # the writer may be waiting for the first record
+        batch.add(record)
+        self._backlog += 1
+        if len(batch.lines) >= self._per_batch:
+            self._take()
+
+    def _take(self) -> None:
+        """Close the records since the last take into a batch, next in this writer's order."""
+        batch = self._open
+        if batch.lines:
+            batch.number = next(self._numbers)
+            self._closed.append(batch)
+            self._open = Batch()
+
+    def _make_room(self) -> None:
+        """The buffer is full: drop its oldest batch (but the one being written), each record
+        logged."""
+        self._take()
+        victim = next((b for b in self._closed if b is not self._sending), None)
+        if victim is None:  # only the batch being written is held, smaller than the bound
+            return
+        self._closed.remove(victim)
+        self._backlog -= len(victim)
+        for record in victim.records():
+            self._drop(record, backlog=self._backlog)
 
     def follow(self, record_id: str, progress: Callable[[], UsageRecord]) -> None:
         """Save `progress()` every `ledger.checkpoint_seconds` until `unfollow(record_id)`
@@ -297,66 +385,67 @@ class Ledger:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._take()
         until = time.monotonic() + deadline
-        while self._queue and time.monotonic() < until:
-            if not await self._write_batch():
+        while self._closed and time.monotonic() < until:
+            if not await self._write_batches():
                 await asyncio.sleep(0.2)
-        if self._queue:
-            self._log.error("ledger_unwritten_at_shutdown", records=len(self._queue))
+        if self._backlog:
+            self._log.error("ledger_unwritten_at_shutdown", records=self._backlog)
 
     async def _write_forever(self) -> None:
         failures = 0
         while True:
-            if not self._queue and not self._saves:
+            if not self._backlog and not self._saves:
                 self._wake.clear()
                 await self._wake.wait()
-            if len(self._queue) < BATCH:
-                # Let more records come: a write costs about the same for 1 record as for 30,
+            if not self._closed:
+                # Let more records come: a write costs about the same for 1 record as for 50,
                 # and at a few thousand requests/s, writing each few at once costs more than
                 # all the rest of the ledger together.
                 await asyncio.sleep(LINGER)
+            self._take()
             try:
                 if self._saves:
                     await self._write_saves()
-                written = await self._write_batch()
+                written = await self._write_batches()
             except Exception:  # a bug here must not stop the ledger: say it, keep the records
-                self._log.exception("ledger_writer_failed", backlog=len(self._queue))
+                self._log.exception("ledger_writer_failed", backlog=self._backlog)
                 written = False
-            self._metrics.ledger_backlog.set(len(self._queue))
+            self._metrics.ledger_backlog.set(self._backlog)
             if written:
                 failures = 0
                 continue
             await asyncio.sleep(RETRY_PAUSES[min(failures, len(RETRY_PAUSES) - 1)])
             failures += 1
 
-    async def _write_batch(self) -> bool:
-        """Write the oldest records; False (keeping them queued) when Redis cannot take them."""
-        batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
-        if not batch:
-            return True
+    async def _write_batches(self) -> bool:
+        """Write the batches taken, oldest first; False (keeping the rest) when Redis cannot
+        take them."""
         settings = self._settings
         retention_s = int(settings.retention_days * 86_400)
         head = [settings.dedupe_seconds, retention_s * 1000, retention_s + 86_400, self._writer]
         # One call at a time, awaited: Redis must apply a writer's numbers in order (it skips
         # any number not above the last applied), and calls of one pipeline may not run in
         # order (after a NOSCRIPT, the refused ones are sent again after the others ran).
-        for start in range(0, len(batch), PER_CALL):
-            chunk = batch[start : start + PER_CALL]
+        while self._closed:
+            batch = self._sending = self._closed[0]
             try:
-                await self._batch.run_packed(self._script, self._packer.chunk(head, chunk))
+                await self._batch.run_packed(self._script, self._packer.call(head, batch))
             except ScriptRefused as exc:  # it would be refused forever
-                for _, record in chunk:
+                for record in batch.records():
                     self._drop(record, error=str(exc)[:200])
             except RedisUnavailable:
                 return False  # unreachable or slow: keep them, retry (writes count once)
             else:
-                self.written += len(chunk)
-                self._metrics.ledger_written.inc(len(chunk))
-            # Written, found written, or dropped: only now do they leave the queue. The queue
-            # may have dropped its oldest meanwhile (full), so leave by number, not by count.
-            last = chunk[-1][0]
-            while self._queue and self._queue[0][0] <= last:
-                self._queue.popleft()
+                self.written += len(batch)
+                self._metrics.ledger_written.inc(len(batch))
+            finally:
+                self._sending = None
+            # Written, found written, or dropped: only now does it leave the queue (which
+            # drops any batch but this one when full: this one is still the oldest).
+            self._closed.popleft()
+            self._backlog -= len(batch)
         return True
 
     async def _write_saves(self) -> None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.ledger import Packer, UsageRecord, encode
+from gateway.ledger import Batch, Packer, UsageRecord, encode
 from gateway.redis_keys import RedisKeys
 from gateway.script_batch import evalsha
 from tests.conftest import GatewayFactory, eventually, log_lines
@@ -136,14 +136,20 @@ def _sums(client: redis.Redis, user: str, day: str) -> dict[str, int]:
 def _append(
     client: redis.Redis,
     writer: str,
-    *numbered: tuple[int, UsageRecord],
+    number: int,
+    *records: UsageRecord,
     retention_ms: int = 30 * 86_400_000,
 ) -> Any:
-    """One call of ledger_append.lua, the very bytes the writer `writer` sends."""
+    """One call of ledger_append.lua, the very bytes the writer `writer` sends for its batch
+    `number` of `records`."""
     sha = client.script_load(
         (Path(__file__).resolve().parents[1] / "gateway" / "lua" / "ledger_append.lua").read_text()
     )
-    call = Packer(RedisKeys(), 30).chunk([86_400, retention_ms, 31 * 86_400, writer], [*numbered])
+    batch = Batch()
+    for record in records:
+        batch.add(record)
+    batch.number = number
+    call = Packer(RedisKeys(), 30).call([86_400, retention_ms, 31 * 86_400, writer], batch)
     connection = client.connection_pool.get_connection()
     try:
         connection.send_packed_command([evalsha(sha, call)])  # type: ignore[no-untyped-call]
@@ -167,14 +173,15 @@ def _record(user: str, **fields: Any) -> UsageRecord:
 
 def test_a_retried_write_counts_once(redis_server: RedisServer) -> None:
     """A writer's calls retried (after a timeout, Redis may have run them) change nothing the
-    second time, also when a retry carries more records than the first attempt."""
+    second time, nor does an older batch arriving after a newer one."""
     client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
     user = f"once-{uuid.uuid4().hex[:8]}"
     first, second = _record(user, total_tokens=42), _record(user, total_tokens=8)
     writer = uuid.uuid4().hex
-    assert [_append(client, writer, (1, first)) for _ in range(3)] == [1, 0, 0]
-    assert _append(client, writer, (1, first), (2, second)) == 1
-    assert _append(client, writer, (1, first), (2, second)) == 0
+    assert [_append(client, writer, 1, first) for _ in range(3)] == [1, 0, 0]
+    assert _append(client, writer, 2, second) == 1
+    assert _append(client, writer, 2, second) == 0
+    assert _append(client, writer, 1, first) == 0
     assert len(_records(client, user)) == 2
     month = RedisKeys().ledger_user_month(user, first.day()[:7])
     assert client.hget(month, f"{first.day()}\tm\ttotal_tokens") == "50"
@@ -189,10 +196,54 @@ def test_a_saved_streams_record_is_written_once_by_any_writer(redis_server: Redi
     client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
     user = f"twice-{uuid.uuid4().hex[:8]}"
     record = _record(user, total_tokens=42, stream=True, checkpointed=True)
-    assert _append(client, uuid.uuid4().hex, (7, record)) == 1
-    assert _append(client, uuid.uuid4().hex, (1, record)) == 0
+    assert _append(client, uuid.uuid4().hex, 7, record) == 1
+    assert _append(client, uuid.uuid4().hex, 1, record) == 0
     assert len(_records(client, user)) == 1
     assert client.ttl(f"gw:{{ledger}}:seen:{record.id}") > 0
+
+
+def test_a_batch_adds_each_user_models_sums_and_skips_records_written_elsewhere(
+    redis_server: RedisServer,
+) -> None:
+    """One batch of several users, models and days: each sum equals its own records', and a
+    saved stream's record another writer wrote first is neither appended nor counted, while
+    one nobody wrote is, whether or not its user has other records in the batch."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    tag = uuid.uuid4().hex[:8]
+    ann, bob, cid = f"ann-{tag}", f"bob-{tag}", f"cid-{tag}"
+    yesterday = time.time() - 86_400
+    taken = _record(ann, model="m", total_tokens=1000, input_tokens=1000, checkpointed=True)
+    assert _append(client, uuid.uuid4().hex, 1, taken) == 1  # another replica was first
+    records = [
+        _record(ann, model="m", input_tokens=10, output_tokens=5, total_tokens=15),
+        taken,
+        _record(ann, model="m", input_tokens=1, cached_input_tokens=1, total_tokens=1),
+        _record(ann, model="n", reasoning_tokens=7, output_tokens=7, total_tokens=7),
+        _record(bob, model="m", input_tokens=3, total_tokens=3, time=yesterday),
+        _record(bob, model="m", input_tokens=4, total_tokens=4),
+        _record(cid, model="n", output_tokens=9, total_tokens=9, checkpointed=True),
+    ]
+    assert _append(client, uuid.uuid4().hex, 1, *records) == 6
+    written = [r["id"] for user in (ann, bob, cid) for r in _records(client, user)]
+    assert sorted(written) == sorted(r.id for r in records)
+    expected: dict[tuple[str, str, str], dict[str, int]] = {}
+    for record in [r for r in records if r is not taken] + [taken]:
+        sums = expected.setdefault((record.user or "", record.day(), record.model or ""), {})
+        sums["requests"] = sums.get("requests", 0) + 1
+        for measure in (*MEASURES, "total_tokens"):
+            value = getattr(record, measure)
+            if value:
+                sums[measure] = sums.get(measure, 0) + value
+    found: dict[tuple[str, str, str], dict[str, int]] = {}
+    for user in (ann, bob, cid):
+        for day in {_record(user).day(), _record(user, time=yesterday).day()}:
+            fields: dict[str, str] = client.hgetall(RedisKeys().ledger_user_month(user, day[:7]))  # type: ignore[assignment]
+            for field, value in fields.items():
+                on, model, measure = field.split("\t")
+                found.setdefault((user, on, model), {})[measure] = int(value)
+            if any(key[0] == user and key[1] == day for key in expected):
+                assert client.sismember(RedisKeys().ledger_users(day), user)
+    assert found == expected
 
 
 def test_records_older_than_the_retention_are_trimmed(outage_redis: RedisServer) -> None:
@@ -200,17 +251,16 @@ def test_records_older_than_the_retention_are_trimmed(outage_redis: RedisServer)
     ~: approximate, at most one node of 100 entries stays behind); newer ones all stay."""
     client = redis.Redis(host="127.0.0.1", port=outage_redis.port, decode_responses=True)
     writer, user = uuid.uuid4().hex, f"old-{uuid.uuid4().hex[:8]}"
-    numbers = iter(range(1, 10_000))
-    for _ in range(10):
-        _append(client, writer, *[(next(numbers), _record(user)) for _ in range(32)])
+    for number in range(1, 11):
+        _append(client, writer, number, *[_record(user) for _ in range(32)])
     time.sleep(0.3)
-    fresh = [(next(numbers), _record(user)) for _ in range(5)]
-    assert _append(client, writer, *fresh, retention_ms=200) == 5
+    fresh = [_record(user) for _ in range(5)]
+    assert _append(client, writer, 11, *fresh, retention_ms=200) == 5
     stream = RedisKeys().ledger_stream()
     assert client.xlen(stream) <= 100 + 5  # of 325
     entries: Any = client.xrange(stream)
     kept = {json.loads(fields["r"])["id"] for _, fields in entries}
-    assert {record.id for _, record in fresh} <= kept
+    assert {record.id for record in fresh} <= kept
 
 
 @pytest.fixture

@@ -1,112 +1,102 @@
--- Append usage records to the ledger and add each to its user's sums, once.
+-- Append a batch of usage records to the ledger and add them to their users' sums, once.
 --
 -- Exactly once, without remembering every record: each gateway process writes its records in
--- order, numbered 1, 2, 3... under its own writer id, and Redis keeps the highest number
--- applied per writer. A call retried after a timeout (Redis may have run it) skips what was
--- applied. Only a record two replicas may both write — a stream whose progress was saved, whose
--- record another replica writes if this one seems dead — is also marked by its id.
+-- batches numbered 1, 2, 3... under its own writer id, one call at a time, and Redis keeps the
+-- highest number applied per writer. A call retried after a timeout (Redis may have run it)
+-- carries the same batch under the same number and changes nothing. Only a record two replicas
+-- may both write — a stream whose progress was saved, whose record another replica writes if
+-- this one seems dead — is also marked by its id, and counts only if it was not written yet.
 -- Every key shares the {ledger} hash tag: one slot, as Redis Cluster requires of a script.
 --
 -- KEYS[1] the stream
 -- KEYS[2] running streams' saved usage (hash)      KEYS[3] when each was saved (zset)
--- KEYS[4] the highest record number applied, per writer (hash)
--- KEYS[5 + 3(i-1)..] record i: its id's marker (any key when its progress was not saved), the
---                    users of its day (set), its user's sums of the month (hash, fields
+-- KEYS[4] the highest batch number applied, per writer (hash)
+-- KEYS[5 + 2(g-1)..] group g (the records of one user, day and model): the users of its day
+--                    (set), its user's sums of the month (hash, fields
 --                    "YYYY-MM-DD TAB model TAB measure")
+-- KEYS[5 + 2G + (s-1)] saved record s: its id's marker
 -- ARGV[1] dedupe_seconds    (how long markers and writers' numbers are kept)
 -- ARGV[2] retention_ms      (stream entries older than this are trimmed, approximately)
 -- ARGV[3] how long a day's set of users is kept (s)
 -- ARGV[4] the writer's id
--- ARGV[5 + 8(i-1)..] record i: its number, id, the record (JSON, stored as the entry's field
---                    `r`), its tokens "input cached output reasoning total" (so that the JSON
---                    need not be decoded here: that was a fifth of the script's time), user,
---                    "YYYY-MM-DD TAB model TAB" (its sum fields' prefix), when its month's sums
---                    expire (Unix seconds: the month's end + the retention; set when a sum
---                    field is created, not at every write), and "1" when its stream's progress
---                    was saved (else "")
+-- ARGV[5] the batch's number
+-- ARGV[6] its records: JSON, one a line (each becomes an entry, field `r`)
+-- ARGV[7] G, the number of groups
+-- ARGV[8 + 9(g-1)..] group g: user, "YYYY-MM-DD TAB model TAB" (its sum fields' prefix), when its
+--                    month's sums expire (Unix seconds: the month's end + the retention; set
+--                    when a sum field is created, not at every write), then the sums of its
+--                    records but the saved ones: requests, input, cached input, output,
+--                    reasoning and total tokens
+-- ARGV[8 + 9G + 8(s-1)..] saved record s: its line in ARGV[6] (from 1), id, group, input, cached
+--                    input, output, reasoning and total tokens
 --
--- Returns the number of records written (the others had been already).
+-- Returns the number of records written (0: the batch had been already).
 
-local MEASURES = {"input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
-                  "total_tokens"}
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local minid = tostring(now - tonumber(ARGV[2])) .. "-0"
-local dedupe = tonumber(ARGV[1])
 local applied = tonumber(redis.call("HGET", KEYS[4], ARGV[4]) or "0")
-local last = applied
-local users, sums = {}, {}  -- key -> member -> true; key -> prefix -> {requests, tokens...}
-local expiry = {}  -- sums key -> when it expires
-local written = 0
-for i = 1, (#KEYS - 4) / 3 do
-  local k = 5 + 3 * (i - 1)
-  local a = 5 + 8 * (i - 1)
-  local number, id = tonumber(ARGV[a]), ARGV[a + 1]
-  if number > applied then
-    if number > last then last = number end
-    local fresh = true
-    if ARGV[a + 7] ~= "" then  -- the stream is over, or its orphan written: its save goes
-      redis.call("HDEL", KEYS[2], id)
-      redis.call("ZREM", KEYS[3], id)
-      fresh = redis.call("SET", KEYS[k], "1", "NX", "EX", dedupe)
+local number = tonumber(ARGV[5])
+if number <= applied then
+  return 0
+end
+local MEASURES = {"requests", "input_tokens", "cached_input_tokens", "output_tokens",
+                  "reasoning_tokens", "total_tokens"}
+local dedupe = tonumber(ARGV[1])
+local groups = tonumber(ARGV[7])
+local sums = {}
+for g = 1, groups do
+  local a = 8 + 9 * (g - 1)
+  sums[g] = {tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]),
+             tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])}
+end
+local skip = {}  -- lines of saved records some writer wrote already
+local s = 0
+for a = 8 + 9 * groups, #ARGV, 8 do
+  local id, sum = ARGV[a + 1], sums[tonumber(ARGV[a + 2])]
+  redis.call("HDEL", KEYS[2], id)  -- the stream is over, or its orphan written: its save goes
+  redis.call("ZREM", KEYS[3], id)
+  if redis.call("SET", KEYS[5 + 2 * groups + s], "1", "NX", "EX", dedupe) then
+    sum[1] = sum[1] + 1
+    for m = 2, 6 do
+      sum[m] = sum[m] + tonumber(ARGV[a + m + 1])
     end
-    if fresh then
-      redis.call("XADD", KEYS[1], "*", "r", ARGV[a + 2])
-      local members = users[KEYS[k + 1]]
-      if not members then
-        members = {}
-        users[KEYS[k + 1]] = members
-      end
-      members[ARGV[a + 4]] = true
-      local prefixes = sums[KEYS[k + 2]]
-      if not prefixes then
-        prefixes = {}
-        sums[KEYS[k + 2]] = prefixes
-        expiry[KEYS[k + 2]] = ARGV[a + 6]
-      end
-      local total = prefixes[ARGV[a + 5]]
-      if not total then
-        total = {0, 0, 0, 0, 0, 0}
-        prefixes[ARGV[a + 5]] = total
-      end
-      local input, cached, output, reasoning, all =
-        string.match(ARGV[a + 3], "^(%d+) (%d+) (%d+) (%d+) (%d+)$")
-      total[1] = total[1] + 1
-      total[2] = total[2] + tonumber(input)
-      total[3] = total[3] + tonumber(cached)
-      total[4] = total[4] + tonumber(output)
-      total[5] = total[5] + tonumber(reasoning)
-      total[6] = total[6] + tonumber(all)
-      written = written + 1
-    end
+  else
+    skip[tonumber(ARGV[a])] = true
   end
+  s = s + 1
+end
+local records, at, line, written = ARGV[6], 1, 1, 0
+local size = #records
+while at <= size do
+  local stop = string.find(records, "\n", at, true) or size + 1
+  if not skip[line] then
+    redis.call("XADD", KEYS[1], "*", "r", string.sub(records, at, stop - 1))
+    written = written + 1
+  end
+  at, line = stop + 1, line + 1
 end
 if written > 0 then  -- entries older than the retention go, approximately (whole nodes)
-  redis.call("XTRIM", KEYS[1], "MINID", "~", minid)
+  local t = redis.call("TIME")
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call("XTRIM", KEYS[1], "MINID", "~", tostring(now - tonumber(ARGV[2])) .. "-0")
 end
--- One command per user and day, and per sum field, however many records share them.
 local ttl = tonumber(ARGV[3])
-for key, members in pairs(users) do
-  for member in pairs(members) do
-    redis.call("SADD", key, member)
-  end
-  redis.call("EXPIRE", key, ttl)
-end
-for key, prefixes in pairs(sums) do
-  for prefix, total in pairs(prefixes) do
-    if redis.call("HINCRBY", key, prefix .. "requests", total[1]) == total[1] then
-      redis.call("EXPIREAT", key, expiry[key])  -- a new day or model in the hash
+for g = 1, groups do
+  local sum = sums[g]
+  if sum[1] > 0 then
+    local a = 8 + 9 * (g - 1)
+    local users, month, prefix = KEYS[5 + 2 * (g - 1)], KEYS[6 + 2 * (g - 1)], ARGV[a + 1]
+    redis.call("SADD", users, ARGV[a])
+    redis.call("EXPIRE", users, ttl)
+    if redis.call("HINCRBY", month, prefix .. "requests", sum[1]) == sum[1] then
+      redis.call("EXPIREAT", month, ARGV[a + 2])  -- a new day or model in the hash
     end
-    for m = 1, #MEASURES do
-      if total[m + 1] ~= 0 then
-        redis.call("HINCRBY", key, prefix .. MEASURES[m], total[m + 1])
+    for m = 2, 6 do
+      if sum[m] ~= 0 then
+        redis.call("HINCRBY", month, prefix .. MEASURES[m], sum[m])
       end
     end
   end
 end
--- Last: a script that failed above (Redis does not undo it) leaves these numbers unapplied.
-if last > applied then
-  redis.call("HSET", KEYS[4], ARGV[4], last)
-  redis.call("EXPIRE", KEYS[4], dedupe)
-end
+-- Last: a script that failed above (Redis does not undo it) leaves the batch unapplied.
+redis.call("HSET", KEYS[4], ARGV[4], number)
+redis.call("EXPIRE", KEYS[4], dedupe)
 return written

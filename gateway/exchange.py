@@ -18,8 +18,8 @@ class Exchange:
     arrived: float = 0.0
     """Unix time when the request arrived."""
     record_id: str = ""
-    """The id of its usage record (unique, unlike a client's request id): the idempotency
-    key of the record's write."""
+    """The id of its usage record (unique, unlike a client's request id), given when a stream
+    starts (its saves carry it); other records get theirs from the ledger's writer."""
     body_size: int = 0
     checkpointed: bool = False
     """A running stream's progress was saved (see ledger.py)."""

@@ -25,7 +25,6 @@ import itertools
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -35,8 +34,10 @@ from .limits import estimate_input_tokens
 from .metrics import Metrics
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore, RedisUnavailable
+from .request_ids import RequestIds
 from .script_batch import Packed, ScriptBatcher, ScriptRefused, pack
 from .settings import LedgerSettings
+from .sse import StreamTap
 from .usage import Usage
 
 BATCH = 256
@@ -299,8 +300,10 @@ class Ledger:
         self._orphans_script = store.script("ledger_orphans")
         self._batch = batch
         self._packer = Packer(keys, settings.retention_days)
-        self._open = Batch()
-        """The records since the writer last took them."""
+        self._pending: list[UsageRecord] = []
+        """Records queued since the writer last took them (it gives them their ids, JSON and
+        sums: not on the request's path)."""
+        self._ids = RequestIds()
         self._closed: deque[Batch] = deque()
         """Batches taken but not yet written, oldest first."""
         self._sending: Batch | None = None
@@ -309,8 +312,8 @@ class Ledger:
         self._numbers = itertools.count(1)
         self._writer = secrets.token_hex(8)
         """This process's writer id: Redis keeps the last batch number it applied."""
-        self._following: dict[str, list[Any]] = {}
-        """Running streams by record id: [when their progress is next due, progress()]."""
+        self._following: dict[int, tuple[Exchange, StreamTap]] = {}
+        """Running streams (by the id of their exchange), with what they streamed so far."""
         self._saves: dict[str, UsageRecord] = {}
         """Running streams' usage so far, not yet saved (the latest of each)."""
         self._wake = asyncio.Event()
@@ -331,26 +334,41 @@ class Ledger:
             loop.create_task(self._checkpoint_forever()),
         ]
 
+    def new_id(self) -> str:
+        """A record id, unique across replicas."""
+        return self._ids.new()
+
     def record(self, record: UsageRecord) -> None:
-        """Queue a record; never waits, never fails."""
-        self._saves.pop(record.id, None)  # the end supersedes any progress not yet saved
+        """Queue a record; never waits, never fails. It runs at the end of every request, so
+        it only appends: any work here cost throughput several times over at saturation (see
+        README, Performance); the rest is the writer's."""
         if self._backlog >= self._settings.buffer_records:
             self._make_room()
-        batch = self._open
-        if not batch.lines:
+        if not self._pending:
             self._wake.set()  # the writer may be waiting for the first record
-        batch.add(record)
+        self._pending.append(record)
         self._backlog += 1
-        if len(batch.lines) >= self._per_batch:
-            self._take()
 
     def _take(self) -> None:
-        """Close the records since the last take into a batch, next in this writer's order."""
-        batch = self._open
+        """Batch the records queued since the last take, each batch next in this writer's
+        order; a record gets its id here unless it has one (a stream's, an orphan's)."""
+        pending, self._pending = self._pending, []
+        batch = Batch()
+        for record in pending:
+            if record.id:
+                self._saves.pop(record.id, None)  # its end supersedes progress not yet saved
+            else:
+                record.id = self._ids.new()
+            batch.add(record)
+            if len(batch.lines) >= self._per_batch:
+                self._close(batch)
+                batch = Batch()
         if batch.lines:
-            batch.number = next(self._numbers)
-            self._closed.append(batch)
-            self._open = Batch()
+            self._close(batch)
+
+    def _close(self, batch: Batch) -> None:
+        batch.number = next(self._numbers)
+        self._closed.append(batch)
 
     def _make_room(self) -> None:
         """The buffer is full: drop its oldest batch (but the one being written), each record
@@ -364,15 +382,15 @@ class Ledger:
         for record in victim.records():
             self._drop(record, backlog=self._backlog)
 
-    def follow(self, record_id: str, progress: Callable[[], UsageRecord]) -> None:
-        """Save `progress()` every `ledger.checkpoint_seconds` until `unfollow(record_id)`
-        (the stream ended): what a replica killed mid-stream leaves behind. One task checks
-        every stream: a timer each (uvloop's call_later + cancel) cost 1.5 to 3 µs a stream."""
-        due = time.monotonic() + self._settings.checkpoint_seconds
-        self._following[record_id] = [due, progress]
+    def follow(self, ex: Exchange, tap: StreamTap) -> None:
+        """Save the stream's progress every `ledger.checkpoint_seconds` until `unfollow(ex)`
+        (it ended): what a replica killed mid-stream leaves behind. Only a dict entry here,
+        on the stream's path: the checkpoint task does the rest (when it is due, its record
+        id, its progress); a timer per stream cost 1.5 to 3 µs."""
+        self._following[id(ex)] = (ex, tap)
 
-    def unfollow(self, record_id: str) -> None:
-        self._following.pop(record_id, None)
+    def unfollow(self, ex: Exchange) -> None:
+        self._following.pop(id(ex), None)
 
     def save(self, record: UsageRecord) -> None:
         """Keep a running stream's usage so far, to be saved in Redis by the writer."""
@@ -461,19 +479,32 @@ class Ledger:
         )
 
     async def _checkpoint_forever(self) -> None:
-        """Take the progress of each stream that is due (at most a quarter of the interval
-        late), for the writer to save."""
+        """Every quarter of `ledger.checkpoint_seconds`, take the progress of each stream that
+        is due, for the writer to save: a stream is first due 3/4 to 4/4 of the interval after
+        it started (it was first seen here within a quarter of its start), then every
+        interval. A stream gets its record id at its first save (its record must carry it)."""
         every = self._settings.checkpoint_seconds
+        due: dict[int, tuple[Exchange, float]] = {}
         while True:
             await asyncio.sleep(every / 4)
-            now = time.monotonic()
-            for following in self._following.values():
-                if following[0] <= now:
-                    following[0] = now + every
-                    try:
-                        self.save(following[1]())
-                    except Exception:  # a bug here must not stop the others' checkpoints
-                        self._log.exception("ledger_checkpoint_failed")
+            now, following = time.monotonic(), self._following
+            for key, (ex, _) in list(due.items()):
+                if key not in following or following[key][0] is not ex:
+                    del due[key]  # ended (its id may now be another exchange's)
+            for key, (ex, tap) in following.items():
+                seen = due.get(key)
+                if seen is None:
+                    due[key] = (ex, now + every * 0.75)
+                    continue
+                if seen[1] > now:
+                    continue
+                due[key] = (ex, now + every)
+                try:
+                    if not ex.record_id:
+                        ex.record_id = self._ids.new()
+                    self.save(progress_of(ex, tap.frames, tap.first_token_at))
+                except Exception:  # a bug here must not stop the others' checkpoints
+                    self._log.exception("ledger_checkpoint_failed")
 
     async def _adopt_orphans_forever(self) -> None:
         """Write the records of streams whose replica died (its saves stopped)."""

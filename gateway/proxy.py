@@ -9,11 +9,9 @@ upstream request as soon as the client goes away.
 from __future__ import annotations
 
 import asyncio
-import functools
 import gzip
 import time
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -32,7 +30,7 @@ from .errors import (
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
 from .http1 import Response, UpstreamError
-from .ledger import Ledger, progress_of, record_of
+from .ledger import Ledger, record_of
 from .limits import Admission, Limiter, estimate_input_tokens, estimate_tokens
 from .metrics import Metrics
 from .request_ids import RequestIds
@@ -91,8 +89,6 @@ class ResponsesEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(self._ids.for_scope(scope), time.perf_counter(), time.time())
-        if self._ledger is not None:
-            ex.record_id = self._ids.new()
         ex.method = scope["method"]  # type: ignore[typeddict-item]  # routed here for HTTP only
         ex.path = scope["path"]
         try:
@@ -209,20 +205,13 @@ class ResponsesEndpoint:
 
     async def _stream(self, ex: Exchange, send: Send, response: Response) -> bool:
         """Relay a stream, counted in flight, its progress saved while it runs."""
-        follow = None
-        ledger = self._ledger
-        if ledger is not None and ex.caller is not None:
-
-            def follow(tap: StreamTap) -> Callable[[], None]:
-                ledger.follow(ex.record_id, lambda: progress_of(ex, tap.frames, tap.first_token_at))
-                return functools.partial(ledger.unfollow, ex.record_id)
-
+        ledger = self._ledger if ex.caller is not None else None
         if self._metrics is None:
-            return await _relay_stream(ex, send, response, follow)
+            return await _relay_stream(ex, send, response, ledger)
         in_flight = self._metrics.streams(ex.model)
         in_flight.inc()
         try:
-            return await _relay_stream(ex, send, response, follow)
+            return await _relay_stream(ex, send, response, ledger)
         finally:
             in_flight.dec()
 
@@ -287,10 +276,10 @@ async def _relay_stream(
     ex: Exchange,
     send: Send,
     response: Response,
-    follow: Callable[[StreamTap], Callable[[], None]] | None = None,
+    ledger: Ledger | None = None,
 ) -> bool:
-    """Send the upstream's SSE chunks as they come; False when the upstream broke off.
-    `follow(tap)`: starts saving the stream's progress; what it returns stops it."""
+    """Send the upstream's SSE chunks as they come; False when the upstream broke off. The
+    `ledger` saves the stream's progress while it runs."""
     headers = downstream_headers(response.raw_headers, ex.request_id.encode())
     names = {name for name, _ in headers}
     if b"cache-control" not in names:
@@ -302,7 +291,8 @@ async def _relay_stream(
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     ex.response_started = True
     tap = StreamTap()
-    unfollow = follow(tap) if follow is not None else None
+    if ledger is not None:
+        ledger.follow(ex, tap)
     try:
         async for chunk in response.iter_chunks():
             if ex.first_byte_at is None:
@@ -327,8 +317,8 @@ async def _relay_stream(
         # client's HTTP library reports an incomplete body instead of a clean end.
         return False
     finally:  # whatever the end (disconnect included), keep what the stream told so far
-        if unfollow is not None:
-            unfollow()
+        if ledger is not None:
+            ledger.unfollow(ex)
         tap.close()
         _record(ex, tap)
     ex.response_complete = True

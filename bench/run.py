@@ -1,22 +1,25 @@
 """Benchmark: the gateway against a direct call to the same upstream, in one run.
 
-    make bench            # or: .venv/bin/python -m bench.run [--duration 8] [--rounds 3]
+    make bench            # or: .venv/bin/python -m bench.run [--duration 5] [--rounds 5]
 
 Starts the product's upstream (`gateway.mock`, no delays) twice, static (each answer replayed
 from memory in one write) and live (every event rendered and written on its own, as a real
-provider streams), a redis-server, and three gateways (one worker each) in front of both:
+provider streams), a redis-server, and four gateways (one worker each) in front of both:
 `open` (authentication off), `keyed` (an issued API key checked on every request, every quota
 enforced: requests, tokens per minute and per day, concurrency, with limits too high to
-reject; and the usage ledger written) and `no-ledger` (the same without the ledger).
-Gateways are pinned to core 0 and everything else to core 1 when `taskset` exists. Then for
-each case:
+reject; and the usage ledger written), `no-ledger` (the same without the ledger) and `twin`
+(a second, identical `no-ledger`: how far two identical gateways differ in the same run, the
+floor below which nothing is measurable here). Gateways are pinned to core 0 and everything
+else to core 1 when `taskset` exists. Then for each case:
 - throughput: `wrk` (16 connections) against the upstream directly and through each gateway,
-  alternating, `--rounds` times; the medians and their ratio to direct are printed;
+  `--rounds` times, each round in a new random order; the medians and their ratio to direct
+  are printed;
 - added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
-  through each gateway, alternating, `--rounds` times; the median of the per-round differences
-  is what the gateway adds.
-The gateway's CPU time per request (from /proc, during each wrk run) is printed beside, and
-what the ledger costs: keyed against no-ledger, round by round.
+  through each gateway, `--latency-rounds` times, likewise; the median of the per-round
+  differences is what the gateway adds.
+The gateway's CPU time per request (from /proc, during each wrk run) is printed beside. Last
+comes what the ledger costs: keyed against no-ledger round by round, beside twin against
+no-ledger (the same comparison between identical gateways).
 Last, Redis's own command counters are read around 2,000 requests through the keyed gateway:
 the Redis commands each request costs.
 Figures vary with the machine's load: quote medians and ratios, and rerun before comparing.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import re
 import shutil
 import statistics
@@ -199,29 +203,37 @@ def gateway_configs(static_port: int, live_port: int, redis_url: str) -> dict[st
         "open": common + "auth: {enabled: false}\n",
         "keyed": keyed + KEYED_LIMITS,
         "no-ledger": keyed + KEYED_LIMITS + "ledger: {enabled: false}\n",
+        "twin": keyed + KEYED_LIMITS + "ledger: {enabled: false}\n",
     }
 
 
-def _ledger_cost(
-    rps: dict[str, list[float]], cpu: dict[str, list[float]], lat: dict[str, list[list[float]]]
+def _versus(
+    name: str,
+    base: str,
+    rps: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    lat: dict[str, list[list[float]]],
 ) -> str:
-    """The ledger's cost, `keyed` (ledger on) against `no-ledger` (off), round by round (the
-    two ran one after the other in each round): the median of the rounds' ratios and
-    differences, and the spread of the ratios, to judge them against the machine's noise."""
-    ratios = [k / n for k, n in zip(rps["keyed"], rps["no-ledger"], strict=True)]
-    cpu_added = [k - n for k, n in zip(cpu["keyed"], cpu["no-ledger"], strict=True)]
-    p50 = [_pct(k, 0.5) - _pct(n, 0.5) for k, n in zip(lat["keyed"], lat["no-ledger"], strict=True)]
+    """`name` against `base`, round by round (the two ran in the same rounds): the median of
+    the rounds' ratios and differences, and the spread of the ratios."""
+    ratios = [k / n for k, n in zip(rps[name], rps[base], strict=True)]
+    cpu_added = [k - n for k, n in zip(cpu[name], cpu[base], strict=True)]
+    pairs = list(zip(lat[name], lat[base], strict=True))
+    p50 = statistics.median(_pct(k, 0.5) - _pct(n, 0.5) for k, n in pairs)
+    p99 = statistics.median(_pct(k, 0.99) - _pct(n, 0.99) for k, n in pairs)
     return (
-        f"{'':27}ledger on/off: req/s x{statistics.median(ratios):.3f} "
-        f"(rounds {min(ratios):.3f}..{max(ratios):.3f}), "
-        f"CPU {statistics.median(cpu_added):+.1f} us/req, p50 {statistics.median(p50):+.3f} ms"
+        f"req/s x{statistics.median(ratios):.3f} (rounds {min(ratios):.3f}..{max(ratios):.3f}), "
+        f"CPU {statistics.median(cpu_added):+.1f} us/req, p50 {p50:+.3f} ms, p99 {p99:+.3f} ms"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per target and case")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=5, help="wrk runs per target and case")
+    parser.add_argument(
+        "--latency-rounds", type=int, default=3, help="latency runs per target and case"
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s for latency")
     args = parser.parse_args()
@@ -252,27 +264,28 @@ def main() -> None:
         gateways["open"].start(work / "open.log"),
         gateways["keyed"].start(work / "keyed.log"),
         gateways["no-ledger"].start(work / "no-ledger.log"),
+        gateways["twin"].start(work / "twin.log"),
     ):
         key = asyncio.run(_issue_key(gateways["keyed"].url))
-        targets = {"direct": None, "open": None, "keyed": key, "no-ledger": key}
+        targets = {"direct": None, "open": None, "keyed": key, "no-ledger": key, "twin": key}
+        order = random.Random(1)  # a new order each round, the same from run to run
         print(
             f"wrk: {args.connections} connections, {args.duration}s x {args.rounds} rounds; "
-            f"latency at {args.rate:.0f} requests/s, 5 s x {args.rounds}; logs in {work}\n",
+            f"latency at {args.rate:.0f} requests/s, 5 s x {args.latency_rounds}; "
+            f"logs in {work}\n",
             flush=True,  # piped output is block-buffered: show progress as it comes
         )
         for label, model, stream in CASES:
             upstream = static if model == "bench-static" else live
-            urls = {
-                "direct": f"{upstream.url}/v1/responses",
-                "open": f"{gateways['open'].url}/v1/responses",
-                "keyed": f"{gateways['keyed'].url}/v1/responses",
-                "no-ledger": f"{gateways['no-ledger'].url}/v1/responses",
+            urls = {"direct": f"{upstream.url}/v1/responses"} | {
+                name: f"{gateway.url}/v1/responses" for name, gateway in gateways.items()
             }
             body = _body(model, stream)
             rps: dict[str, list[float]] = {name: [] for name in targets}
             cpu: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(args.rounds):
-                for name, secret in targets.items():
+                for name in order.sample(list(targets), len(targets)):
+                    secret = targets[name]
                     proc = gateways[name].proc if name in gateways else None
                     before = _cpu_seconds(proc.pid) if proc else 0.0
                     rate = _wrk(urls[name], body, args.duration, args.connections, secret)
@@ -282,10 +295,10 @@ def main() -> None:
                         cpu[name].append(used / (rate * args.duration) * 1e6)
             time.sleep(2)  # let the last wrk run's abandoned connections drain first
             lat: dict[str, list[list[float]]] = {name: [] for name in targets}
-            for _ in range(args.rounds):  # alternating, like the throughput runs
-                for name, secret in targets.items():
+            for _ in range(args.latency_rounds):  # in a new order each round, likewise
+                for name in order.sample(list(targets), len(targets)):
                     lat[name].append(
-                        asyncio.run(_latencies(urls[name], body, args.rate, 5, secret))
+                        asyncio.run(_latencies(urls[name], body, args.rate, 5, targets[name]))
                     )
             rows.append((label, rps, cpu, lat))
             print(f"  {label}: done", flush=True)
@@ -312,7 +325,8 @@ def main() -> None:
                 f"{med / direct_rps:11.2f}{added}"
             )
             print(f"{'':37}  runs: {[round(x) for x in rps[name]]}")
-        print(_ledger_cost(rps, cpu, lat))
+        print(f"{'':27}ledger on/off:  {_versus('keyed', 'no-ledger', rps, cpu, lat)}")
+        print(f"{'':27}twin/no-ledger: {_versus('twin', 'no-ledger', rps, cpu, lat)}")
     print(f"\nRedis commands per request (keyed, non-streaming): {trips}")
 
 

@@ -1,11 +1,12 @@
 """The usage ledger: one record per request, written to Redis off the request path.
 
-`Ledger.record` only appends to an in-memory queue; a background task writes the queue in
-batches (`lua/ledger_append.lua`: the stream entry and the sums in one atomic step, exactly
-once: each record is numbered in its writer's order and Redis skips numbers already applied).
-While Redis cannot take them, records wait and are retried; the queue is bounded
-(`ledger.buffer_records`), and a record that must be dropped is logged. At shutdown the queue
-is written out before the process exits.
+`Ledger.record` only appends to an in-memory queue: it runs at the end of every request. A
+background task takes the queue every 10 ms, gives each record its id, JSON and place in its
+user's sums, and writes it in batches (`lua/ledger_append.lua`: the stream entries and the
+sums in one atomic step, exactly once: each batch is numbered in its writer's order and Redis
+skips numbers already applied). While Redis cannot take them, batches wait and are retried;
+the queue is bounded (`ledger.buffer_records`), and a record that must be dropped is logged.
+At shutdown the queue is written out before the process exits.
 
 A replica killed mid-stream cannot write anything: so a stream that runs longer than
 `ledger.checkpoint_seconds` has its usage so far saved in Redis at that interval

@@ -16,7 +16,7 @@ key                                    type     holds
 ``gw:rl:{u:<user tag>}:<scope>:day``   hash     tokens used on the current UTC day
 ``gw:rl:{u:<user tag>}:<scope>:conc``  zset     concurrency slots, scored by lease expiry
 ``gw:{ledger}:stream``                 stream   one usage record per request
-``gw:{ledger}:applied``                hash     each writer's last applied record number
+``gw:{ledger}:applied``                hash     each writer's last applied batch number
 ``gw:{ledger}:seen:<record id>``       string   a saved stream's record, written (idempotency)
 ``gw:{ledger}:users:<YYYY-MM-DD>``     set      the users with records of the day
 ``gw:{ledger}:user:<user tag>:<YYYY-MM>``  hash  a user's sums of the month, by day and model
@@ -81,11 +81,11 @@ class RedisKeys:
 
     def ledger(self) -> list[str]:
         """The keys `lua/ledger_append.lua` takes first: the stream, the running streams'
-        saves, and the writers' last applied record numbers."""
+        saves, and the writers' last applied batch numbers."""
         return [self.ledger_stream(), *self.ledger_running(), self.ledger_applied()]
 
     def ledger_applied(self) -> str:
-        """Each ledger writer's last applied record number."""
+        """Each ledger writer's last applied batch number."""
         return f"{self._prefix}:{{ledger}}:applied"
 
     def ledger_seen(self, record_id: str) -> str:

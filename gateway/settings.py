@@ -259,8 +259,8 @@ class LedgerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     """Records older than this are trimmed from the stream; daily sums expire after it too."""
     buffer_records: Annotated[int, msgspec.Meta(ge=100)] = 100_000
-    """Records kept in memory while Redis cannot take them; beyond, the oldest are dropped,
-    and every drop is logged."""
+    """Records kept in memory while Redis cannot take them; beyond, the oldest batch (at most
+    a quarter of this, or 256) is dropped, and every record dropped is logged."""
     dedupe_seconds: Annotated[int, msgspec.Meta(ge=60)] = 86_400
     """How long a written record's id is remembered, so that a retried write counts once."""
     checkpoint_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0

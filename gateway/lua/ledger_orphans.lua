@@ -6,12 +6,12 @@
 -- after an outage every sign of life is old, and a live writer must first get the time to
 -- show up again. A claim lasts orphan_ms (if the claimer dies too, another claims it later);
 -- writing the record (ledger_append.lua) removes the save. Writers silent for dedupe_ms are
--- forgotten, with their last applied record number.
+-- forgotten, with their last applied batch number.
 --
 -- KEYS[1] running streams' saved usage (hash: id -> "writer LF record")
 -- KEYS[2] when each was saved (zset)
 -- KEYS[3] each writer's last sign of life (hash)    KEYS[4] since when it is in touch (hash)
--- KEYS[5] each writer's last applied record number (hash)
+-- KEYS[5] each writer's last applied batch number (hash)
 -- ARGV[1] orphan_ms    ARGV[2] most entries to claim    ARGV[3] this writer    ARGV[4] dedupe_ms
 --
 -- Returns {id_1, record_1, id_2, record_2, ...}.

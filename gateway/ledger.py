@@ -8,8 +8,8 @@ skips numbers already applied). While Redis cannot take them, batches wait and a
 the queue is bounded (`ledger.buffer_records`), and a record that must be dropped is logged.
 At shutdown the queue is written out before the process exits.
 
-A replica killed mid-stream cannot write anything: so a stream that runs longer than
-`ledger.checkpoint_seconds` has its usage so far saved in Redis at that interval
+A replica killed mid-stream cannot write anything: so a stream that runs longer than 3/4 of
+`ledger.checkpoint_seconds` has its usage so far saved in Redis, then at that interval
 (`lua/ledger_save.lua`), and every replica looks for saves older than `ledger.orphan_seconds`
 (`lua/ledger_orphans.lua`) whose writer gave no sign of life for as long: their replica died,
 and the last save becomes the record (``end: interrupted``, estimated usage). The stream's own
@@ -115,9 +115,12 @@ class Batch:
     more than the rest of the ledger). A record whose progress was saved is kept apart: it
     counts only if no other writer wrote it first, which only Redis can tell."""
 
-    __slots__ = ("lines", "number", "saved", "sums")
+    __slots__ = ("lines", "number", "saved", "sums", "tried")
 
     def __init__(self) -> None:
+        self.tried = False
+        """Sent at least once: Redis may hold it (a timeout says nothing), so it is never
+        dropped to make room."""
         self.number = 0
         """Its place in its writer's order, set when it is closed: Redis skips a number it
         applied already, so a call retried after a timeout counts once."""
@@ -307,7 +310,6 @@ class Ledger:
         self._ids = RequestIds()
         self._closed: deque[Batch] = deque()
         """Batches taken but not yet written, oldest first."""
-        self._sending: Batch | None = None
         self._per_batch = min(BATCH, settings.buffer_records // 4)
         self._backlog = 0
         self._numbers = itertools.count(1)
@@ -372,10 +374,10 @@ class Ledger:
         self._closed.append(batch)
 
     def _make_room(self) -> None:
-        """The buffer is full: drop its oldest batch (but the one being written), each record
-        logged."""
+        """The buffer is full: drop its oldest batch that was never sent (one sent may be in
+        Redis already), each record logged."""
         self._take()
-        victim = next((b for b in self._closed if b is not self._sending), None)
+        victim = next((b for b in self._closed if not b.tried), None)
         if victim is None:  # only the batch being written is held, smaller than the bound
             return
         self._closed.remove(victim)
@@ -404,9 +406,11 @@ class Ledger:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._take()
         until = time.monotonic() + deadline
-        while self._closed and time.monotonic() < until:
+        while time.monotonic() < until:
+            self._take()  # also what came in meanwhile (a stream cut just now)
+            if not self._closed:
+                break
             if not await self._write_batches():
                 await asyncio.sleep(0.2)
         if self._backlog:
@@ -448,21 +452,31 @@ class Ledger:
         # any number not above the last applied), and calls of one pipeline may not run in
         # order (after a NOSCRIPT, the refused ones are sent again after the others ran).
         while self._closed:
-            batch = self._sending = self._closed[0]
+            batch = self._closed[0]
+            refused: str | None = None
             try:
-                await self._batch.run_packed(self._script, self._packer.call(head, batch))
-            except ScriptRefused as exc:  # it would be refused forever
+                call = self._packer.call(head, batch)
+            except Exception as exc:  # a bug: the batch would stop the ledger forever
+                self._log.exception("ledger_batch_unpackable")
+                call, refused = None, f"{type(exc).__name__}: {exc}"
+            if call is not None:
+                batch.tried = True
+                try:
+                    await self._batch.run_packed(self._script, call)
+                except ScriptRefused as exc:  # it would be refused forever
+                    refused = str(exc)
+                except RedisUnavailable:
+                    return False  # unreachable or slow: keep them, retry (writes count once)
+                else:
+                    self.written += len(batch)
+                    self._metrics.ledger_written.inc(len(batch))
+            if refused is not None:
+                # Redis does not undo a script's writes before its error: some of these
+                # may be in the stream already, though each is logged as dropped.
                 for record in batch.records():
-                    self._drop(record, error=str(exc)[:200])
-            except RedisUnavailable:
-                return False  # unreachable or slow: keep them, retry (writes count once)
-            else:
-                self.written += len(batch)
-                self._metrics.ledger_written.inc(len(batch))
-            finally:
-                self._sending = None
+                    self._drop(record, error=refused[:200])
             # Written, found written, or dropped: only now does it leave the queue (which
-            # drops any batch but this one when full: this one is still the oldest).
+            # never drops a batch that was sent: this one is still the oldest).
             self._closed.popleft()
             self._backlog -= len(batch)
         return True

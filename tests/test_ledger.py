@@ -16,12 +16,15 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import msgspec
 import pytest
 import redis
 
-from gateway.ledger import Batch, Packer, UsageRecord, encode
+from gateway.exchange import Exchange
+from gateway.ledger import Batch, Packer, UsageRecord, encode, record_of
 from gateway.redis_keys import RedisKeys
 from gateway.script_batch import evalsha
+from gateway.usage import Outcome, Usage
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.streams import expected_usage, recorded_transcripts
 from tests.support.admin import create_key, keyed_config, mock_config
@@ -124,6 +127,43 @@ def test_daily_sums_equal_the_records(
     assert client.ttl(month_key) > 30 * 86_400
     assert client.sismember(RedisKeys().ledger_users(day), user)
     assert client.ttl(RedisKeys().ledger_users(day)) > 30 * 86_400
+
+
+def test_a_record_takes_each_field_from_its_own_source() -> None:
+    """`record_of` builds records positionally (for speed): every field must come from the
+    exchange's own field, none from its neighbour."""
+    ex = Exchange("req-given", 100.0, 1_790_000_000.12345)
+    ex.record_id, ex.stream, ex.status, ex.caller, ex.key_id = "rec-1", True, 201, "u", "k"
+    ex.team, ex.model, ex.provider, ex.upstream_model = "t", "m", "p", "um"
+    ex.user, ex.metadata = "end-user", {"job": "x"}
+    ex.outcome = Outcome("resp-9", "incomplete", Usage(11, 3, 22, 5, 33))
+    record = record_of(ex, {"latency_ms": 12.5, "ttft_ms": 4.25})
+    assert msgspec.structs.asdict(record) == {
+        "id": "rec-1",
+        "request_id": "req-given",
+        "time": 1_790_000_000.123,
+        "end": "incomplete",
+        "status": 201,
+        "stream": True,
+        "user": "u",
+        "key_id": "k",
+        "team": "t",
+        "model": "m",
+        "provider": "p",
+        "upstream_model": "um",
+        "input_tokens": 11,
+        "cached_input_tokens": 3,
+        "output_tokens": 22,
+        "reasoning_tokens": 5,
+        "total_tokens": 33,
+        "latency_ms": 12.5,
+        "ttft_ms": 4.25,
+        "request_user": "end-user",
+        "metadata": {"job": "x"},
+        "response_id": "resp-9",
+        "usage_estimated": False,
+        "checkpointed": False,
+    }
 
 
 def _sums(client: redis.Redis, user: str, day: str) -> dict[str, int]:
@@ -328,6 +368,53 @@ def test_records_refused_for_lack_of_memory_are_kept_and_written_later(
     ready = httpx.get(f"{gateway.url}/readyz", timeout=5).json()
     assert ready["ledger_dropped"] == 0
     assert "ledger_record_dropped" not in [line["event"] for line in log_lines(gateway)]
+
+
+def test_a_write_that_timed_out_but_ran_is_sent_again_and_counts_once(
+    gateway_factory: GatewayFactory,
+    outage_redis: RedisServer,
+    mock_upstream: ServerProcess,
+    secrets_seen: list[str],
+) -> None:
+    """Redis frozen (DEBUG SLEEP) longer than `redis.timeout` while the writer's call is in
+    flight: the call times out, yet Redis runs it when it wakes (it reads what was sent, even
+    from a client that has gone); the writer sends the same batch again, and it counts once:
+    each record and each sum once."""
+    config = _config(outage_redis.url, mock_upstream.url, "fail_open")
+    config["limits"] = {"tiers": {"default": {}}}
+    gateway = gateway_factory(config)
+    user = f"ran-{uuid.uuid4().hex[:8]}"
+    _, key = create_key(gateway.url, secrets_seen, user=user)
+    assert _post(gateway.url, key, {"model": "mock-gpt", "input": "warm"}).status_code == 200
+    admin: Any = outage_redis.client()
+    eventually(lambda: len(_records(admin, user)) == 1)
+    frozen: Any = outage_redis.client()
+    sleeper = threading.Thread(target=lambda: frozen.execute_command("DEBUG", "SLEEP", "2"))
+    sleeper.start()
+    time.sleep(0.1)
+    try:
+        for i in range(3):  # served (fail_open) once their admissions time out
+            assert (
+                _post(gateway.url, key, {"model": "mock-gpt", "input": f"r{i}"}).status_code == 200
+            )
+    finally:
+        sleeper.join()
+    eventually(lambda: len(_records(admin, user)) >= 4, timeout=15)
+    time.sleep(1.5)  # the retries' answers, and any double write, are in by now
+    records = _records(admin, user)
+    assert len(records) == 4
+    assert len({r["id"] for r in records}) == 4
+    day = time.strftime("%Y-%m-%d", time.gmtime(records[0]["time"]))
+    assert _sums(admin, user, day)["requests"] == 4
+    assert _sums(admin, user, day)["total_tokens"] == sum(r["total_tokens"] for r in records)
+    timeouts = [
+        line
+        for line in log_lines(gateway)
+        if line["event"] == "redis_error"
+        and line.get("operation") == "scripts"
+        and line.get("error") == "TimeoutError"
+    ]
+    assert timeouts  # the calls did time out while Redis slept
 
 
 def test_a_full_buffer_drops_its_oldest_records_and_says_which(

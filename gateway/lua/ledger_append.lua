@@ -96,7 +96,8 @@ for g = 1, groups do
     end
   end
 end
--- Last: a script that failed above (Redis does not undo it) leaves the batch unapplied.
+-- Last: a script that failed above leaves the batch number unapplied (its writes before the
+-- error stay: Redis does not undo them; the gateway logs the whole batch as dropped).
 redis.call("HSET", KEYS[4], ARGV[4], number)
 redis.call("EXPIRE", KEYS[4], dedupe)
 return written

@@ -17,8 +17,8 @@ else to core 1 when `taskset` exists. Then for each case:
 - added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
   through each gateway, `--latency-rounds` times, likewise; the median of the per-round
   differences is what the gateway adds.
-The gateway's CPU time per request (from /proc, during each wrk run) is printed beside. Last
-comes what the ledger costs: keyed against no-ledger round by round, beside twin against
+The gateway's CPU time per request (from /proc, during each wrk run) is printed beside, then
+what the ledger costs: keyed against no-ledger round by round, beside twin against
 no-ledger (the same comparison between identical gateways).
 Last, Redis's own command counters are read around 2,000 requests through the keyed gateway:
 the Redis commands each request costs.

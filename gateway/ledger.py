@@ -127,8 +127,9 @@ class Batch:
         self.lines: list[bytes] = []
         self.sums: dict[tuple[float, str, str | None], list[int]] = {}
         """(day, user, model) -> [requests, input, cached, output, reasoning, total tokens]."""
-        self.saved: list[tuple[int, UsageRecord]] = []
-        """(index in `lines`, record) of the records whose progress was saved."""
+        self.saved: list[tuple[int, UsageRecord, tuple[float, str, str | None]]] = []
+        """(index in `lines`, record, its key in `sums`) of the records whose progress was
+        saved."""
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -139,7 +140,7 @@ class Batch:
         if found is None:
             found = self.sums[key] = [0, 0, 0, 0, 0, 0]
         if record.checkpointed:
-            self.saved.append((len(self.lines), record))
+            self.saved.append((len(self.lines), record, key))
         else:
             found[0] += 1
             found[1] += record.input_tokens
@@ -178,10 +179,9 @@ class Packer:
             group_keys, group_args = self._group(key)
             keys.append(group_keys)
             args += (group_args, pack(sums))
-        for index, record in batch.saved:
+        for index, record, key in batch.saved:
             keys.append(pack((self._keys.ledger_seen(record.id),)))
-            group = groups[(record.time // 86_400, record.user or "-", record.model)]
-            args.append(pack((index + 1, record.id, group, *_tokens(record))))
+            args.append(pack((index + 1, record.id, groups[key], *_tokens(record))))
         n_keys = 4 + 2 * len(batch.sums) + len(batch.saved)
         n_args = 7 + 9 * len(batch.sums) + 8 * len(batch.saved)
         return Packed(n_keys, n_keys + n_args, b"".join(keys) + b"".join(args), self._route)
@@ -220,14 +220,11 @@ def record_of(ex: Exchange, log: dict[str, Any]) -> UsageRecord:
     """The ledger record of a finished exchange; `log`: its canonical log line's fields."""
     outcome = ex.outcome
     usage = outcome.usage if outcome is not None else None
-    if usage is None:
-        record = _record(ex, ex.end(), log["latency_ms"], log["ttft_ms"], _NO_USAGE)
-        if ex.partly_delivered:
-            _estimate(record, ex, ex.output_estimate)
-        record.checkpointed = ex.checkpointed
-        return record
-    record = _record(ex, ex.end(), log["latency_ms"], log["ttft_ms"], usage)
-    record.response_id = outcome.response_id  # type: ignore[union-attr]  # usage implies it
+    record = _record(ex, ex.end(), log["latency_ms"], log["ttft_ms"], usage or _NO_USAGE)
+    if outcome is not None and usage is not None:
+        record.response_id = outcome.response_id
+    elif ex.partly_delivered:
+        _estimate(record, ex, ex.output_estimate)
     record.checkpointed = ex.checkpointed
     return record
 
@@ -337,10 +334,6 @@ class Ledger:
             loop.create_task(self._checkpoint_forever()),
         ]
 
-    def new_id(self) -> str:
-        """A record id, unique across replicas."""
-        return self._ids.new()
-
     def record(self, record: UsageRecord) -> None:
         """Queue a record; never waits, never fails. It runs at the end of every request, so
         it only appends: any work here cost throughput several times over at saturation (see
@@ -363,10 +356,10 @@ class Ledger:
             else:
                 record.id = self._ids.new()
             batch.add(record)
-            if len(batch.lines) >= self._per_batch:
+            if len(batch) >= self._per_batch:
                 self._close(batch)
                 batch = Batch()
-        if batch.lines:
+        if batch:
             self._close(batch)
 
     def _close(self, batch: Batch) -> None:
@@ -378,7 +371,7 @@ class Ledger:
         Redis already), each record logged."""
         self._take()
         victim = next((b for b in self._closed if not b.tried), None)
-        if victim is None:  # only the batch being written is held, smaller than the bound
+        if victim is None:  # only a batch already sent is held, smaller than the bound
             return
         self._closed.remove(victim)
         self._backlog -= len(victim)

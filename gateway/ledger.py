@@ -480,7 +480,11 @@ class Ledger:
         keys = [*self._keys.ledger_running(), self._keys.ledger_writers()[0]]
         await asyncio.gather(
             *(
-                self._batch.run(self._save_script, keys, [r.id, self._writer, encode(r)])
+                self._batch.run(
+                    self._save_script,
+                    [*keys, self._keys.ledger_seen(r.id)],  # a late save saves nothing
+                    [r.id, self._writer, encode(r)],
+                )
                 for r in saves.values()
             ),
             return_exceptions=True,

@@ -657,10 +657,38 @@ def test_a_save_is_adopted_only_once_its_writer_is_silent(redis_server: RedisSer
             time.sleep(0.1)
         return found
 
-    save(keys=[*running, writers[0]], args=[record.id, owner, encode(record)])
+    save(
+        keys=[*running, writers[0], keys.ledger_seen(record.id)],
+        args=[record.id, owner, encode(record)],
+    )
     assert rounds(0.8, owner, other) == []  # the save grows old, but its writer is alive
     newcomer = f"newcomer-{uuid.uuid4().hex}"
     time.sleep(0.4)  # everyone silent (an outage): the owner looks dead to a newcomer...
     assert claim(newcomer) == []  # ... who does not judge before being in touch 300 ms
     adopted = rounds(0.6, other)  # the owner stays silent: it is dead
     assert adopted == [record.id]  # claimed once, not handed out again while claimed
+
+
+def test_a_save_that_runs_after_its_streams_record_leaves_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """A save can time out on the gateway's side yet run later, after the stream's own record
+    was written: were it kept, another replica would adopt it as an orphan once its writer
+    stops, and count the stream twice after the record's marker expired."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    lua = Path(__file__).resolve().parents[1] / "gateway" / "lua"
+    save = client.register_script((lua / "ledger_save.lua").read_text())
+    keys = RedisKeys()
+    running, writers = keys.ledger_running(), keys.ledger_writers()
+    writer = f"late-{uuid.uuid4().hex}"
+    record = _record(f"late-{uuid.uuid4().hex[:8]}", stream=True, checkpointed=True)
+    save_keys = [*running, writers[0], keys.ledger_seen(record.id)]
+    progress = encode(record)
+
+    assert save(keys=save_keys, args=[record.id, writer, progress]) == 1  # while it runs
+    assert client.hexists(running[0], record.id)
+    assert _append(client, writer, 1, record) == 1  # its end: the save is removed
+    assert not client.hexists(running[0], record.id)
+    assert save(keys=save_keys, args=[record.id, writer, progress]) == 0  # the late one
+    assert not client.hexists(running[0], record.id)
+    assert client.zscore(running[1], record.id) is None

@@ -17,6 +17,8 @@ class Exchange:
     """`perf_counter()` when the request arrived."""
     arrived: float = 0.0
     """Unix time when the request arrived."""
+    ended: float = 0.0
+    """`perf_counter()` when its answer ended (0 while it runs)."""
     record_id: str = ""
     """The id of its usage record (unique, unlike a client's request id), given when a stream
     starts (its saves carry it); other records get theirs from the ledger's writer."""
@@ -136,4 +138,6 @@ _UPSTREAM_CODES = frozenset(
 def elapsed_ms(start: float, end: float | None) -> float | None:
     """Milliseconds from `start` to `end` (`perf_counter()` values), rounded; None without
     an end."""
-    return None if end is None else round((end - start) * 1000, 3)
+    # Whole microseconds, then ms: round(x, 3) goes through decimal digits, ~4x slower, and
+    # this runs three times per request (log line) and twice more per record.
+    return None if end is None else round((end - start) * 1_000_000) / 1000

@@ -30,7 +30,7 @@ from .errors import (
 from .exchange import Exchange
 from .headers import downstream_headers, upstream_headers
 from .http1 import Response, UpstreamError
-from .ledger import Ledger, record_of
+from .ledger import Ledger
 from .limits import Admission, Limiter, estimate_input_tokens, estimate_tokens
 from .metrics import Metrics
 from .request_ids import RequestIds
@@ -105,13 +105,12 @@ class ResponsesEndpoint:
             ex.interrupted = True
             raise
         finally:
-            ended = time.perf_counter()
-            fields = ex.log_fields(ended)
-            self._log.info("request", **fields)
+            ex.ended = ended = time.perf_counter()
+            self._log.info("request", **ex.log_fields(ended))
             if self._metrics is not None:
                 self._metrics.observe(ex, ended)
             if self._ledger is not None and ex.caller is not None:
-                self._ledger.record(record_of(ex, fields))
+                self._ledger.record_exchange(ex)  # done with: the ledger's writer reads it
 
     async def _handle(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         if ex.method != "POST":

@@ -4,6 +4,7 @@ down."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -21,9 +22,12 @@ import pytest
 import redis
 
 from gateway.exchange import Exchange
-from gateway.ledger import Batch, Packer, UsageRecord, encode, record_of
+from gateway.ledger import Batch, Ledger, Packer, UsageRecord, encode, record_of
+from gateway.metrics import Metrics
 from gateway.redis_keys import RedisKeys
-from gateway.script_batch import evalsha
+from gateway.redis_store import RedisStore
+from gateway.script_batch import ScriptBatcher, evalsha
+from gateway.settings import LedgerSettings, RedisSettings
 from gateway.usage import Outcome, Usage
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.streams import expected_usage, recorded_transcripts
@@ -132,12 +136,15 @@ def test_daily_sums_equal_the_records(
 def test_a_record_takes_each_field_from_its_own_source() -> None:
     """`record_of` builds records positionally (for speed): every field must come from the
     exchange's own field, none from its neighbour."""
-    ex = Exchange("req-given", 100.0, 1_790_000_000.12345)
+    ex = Exchange("req-given", 100.0, 1_790_000_000.12345, 100.0125)
     ex.record_id, ex.stream, ex.status, ex.caller, ex.key_id = "rec-1", True, 201, "u", "k"
     ex.team, ex.model, ex.provider, ex.upstream_model = "t", "m", "p", "um"
     ex.user, ex.metadata = "end-user", {"job": "x"}
-    ex.outcome = Outcome("resp-9", "incomplete", Usage(11, 3, 22, 5, 33))
-    record = record_of(ex, {"latency_ms": 12.5, "ttft_ms": 4.25})
+    ex.outcome, ex.first_token_at = (
+        Outcome("resp-9", "incomplete", Usage(11, 3, 22, 5, 33)),
+        100.00425,
+    )
+    record = record_of(ex)
     assert msgspec.structs.asdict(record) == {
         "id": "rec-1",
         "request_id": "req-given",
@@ -692,3 +699,53 @@ def test_a_save_that_runs_after_its_streams_record_leaves_nothing(
     assert save(keys=save_keys, args=[record.id, writer, progress]) == 0  # the late one
     assert not client.hexists(running[0], record.id)
     assert client.zscore(running[1], record.id) is None
+
+
+class _Log:
+    """Log lines as (event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.lines.append((event, fields))
+
+
+def test_an_exchange_whose_record_cannot_be_built_is_dropped_and_named(
+    redis_server: RedisServer,
+) -> None:
+    """The writer builds each request's record from its exchange, off the request's path: a
+    record it cannot build (a bug) is logged and counted as dropped, and the others of the same
+    batch are written."""
+    user = f"unbuildable-{uuid.uuid4().hex[:8]}"
+
+    def exchange(request_id: str) -> Exchange:
+        ex = Exchange(request_id, 10.0, time.time(), 10.25)
+        ex.caller, ex.model, ex.provider, ex.status = user, "m", "p", 200
+        ex.outcome = Outcome("resp-1", "completed", Usage(1, 0, 2, 0, 3))
+        return ex
+
+    broken = exchange("req-broken")
+    broken.outcome = "not an outcome"  # type: ignore[assignment]  # what a bug could leave
+
+    async def run() -> Ledger:
+        log, metrics = _Log(), Metrics()
+        store = RedisStore(RedisSettings(), redis_server.url, log, metrics)
+        batcher = ScriptBatcher(store, "scripts", log)
+        ledger = Ledger(store, RedisKeys(), LedgerSettings(), log, metrics, batcher)
+        ledger.record_exchange(broken)
+        ledger.record_exchange(exchange("req-fine"))
+        await ledger.close()
+        assert ("ledger_record_dropped", {"request_id": "req-broken", "user": user,
+                                          "error": "unbuildable"}) in log.lines  # fmt: skip
+        return ledger
+
+    ledger = asyncio.run(run())
+    assert (ledger.written, ledger.dropped, ledger.backlog) == (1, 1, 0)
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    [record] = _records(client, user)
+    assert (record["request_id"], record["latency_ms"], record["total_tokens"]) == (
+        "req-fine",
+        250.0,
+        3,
+    )

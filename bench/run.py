@@ -17,9 +17,13 @@ else to core 1 when `taskset` exists. Then for each case:
 - added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
   through each gateway, `--latency-rounds` times, likewise; the median of the per-round
   differences is what the gateway adds.
+- latency at load: `keyed`, `no-ledger` and `twin` at 70% of no-ledger's throughput (the
+  CPU share the autoscaler keeps replicas at), 64 wrk connections each pausing at random
+  between requests, `--load-rounds` times in a new order each; p50/p99 as wrk reports them.
 The gateway's CPU time per request (from /proc, during each wrk run) is printed beside, then
 what the ledger costs: keyed against no-ledger round by round, beside twin against
-no-ledger (the same comparison between identical gateways).
+no-ledger (the same comparison between identical gateways), at saturation, at 200
+requests/s and at 70% load.
 Last, Redis's own command counters are read around 2,000 requests through the keyed gateway:
 the Redis commands each request costs.
 Figures vary with the machine's load: quote medians and ratios, and rerun before comparing.
@@ -47,6 +51,12 @@ from tests.support.procs import ServerProcess, free_port, python_module
 from tests.support.redis_server import RedisServer
 
 QUESTION = "Write one short sentence about benchmarks."
+LOAD = 0.7
+"""The loaded-latency phase's load, as a share of no-ledger's throughput: the CPU share the
+HorizontalPodAutoscaler keeps pods at (deploy/base/hpa.yaml), where replicas serve."""
+PACED = 64
+"""Connections of the loaded-latency phase (more than 16: a pause in whole ms is finer)."""
+LEDGER_TARGETS = ("keyed", "no-ledger", "twin")
 CASES = (
     # (label, model, stream): bench-static is served by the static upstream, bench-live by the
     # live one; both names are the upstream's own, so the gateway forwards bodies unchanged.
@@ -71,6 +81,21 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _wrk(url: str, body: str, duration: int, connections: int, key: str | None) -> float:
+    """Requests/s with `connections` connections, each sending its next request at once."""
+    return _run_wrk(url, body, duration, connections, key, None)[0]
+
+
+def _wrk_paced(
+    url: str, body: str, duration: int, connections: int, key: str | None, pause_ms: int
+) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 (ms) with each connection pausing `pause_ms` on average
+    between its requests: a load below saturation, set by the pause."""
+    return _run_wrk(url, body, duration, connections, key, pause_ms)
+
+
+def _run_wrk(
+    url: str, body: str, duration: int, connections: int, key: str | None, pause_ms: int | None
+) -> tuple[float, float, float]:
     script = Path(tempfile.mkdtemp()) / "post.lua"
     escaped = body.replace("\\", "\\\\").replace('"', '\\"')
     script.write_text(
@@ -78,16 +103,30 @@ def _wrk(url: str, body: str, duration: int, connections: int, key: str | None) 
         f'wrk.body = "{escaped}"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
         + (f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else "")
+        # Pauses drawn at random (exponential, mean `pause_ms`): equal pauses would keep the
+        # connections in step, sending bursts instead of a steady load.
+        + (
+            f"function delay() return -{pause_ms} * math.log(1 - math.random()) end\n"
+            if pause_ms is not None
+            else ""
+        )
     )
-    argv = _pin("1", ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url])
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script)]
+    out = subprocess.run(_pin("1", [*argv, url]), capture_output=True, text=True, check=True)
+    text = out.stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if errors:
-        raise RuntimeError(f"wrk saw {errors.group(1)} failed responses:\n{out}")
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        raise RuntimeError(out)
-    return float(match.group(1))
+        raise RuntimeError(f"wrk saw {errors.group(1)} failed responses:\n{text}")
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    p50, p99 = (re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)$", text, re.M) for q in (50, 99))
+    if not (rate and p50 and p99):
+        raise RuntimeError(text)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return (
+        float(rate.group(1)),
+        float(p50.group(1)) * scale[p50.group(2)],
+        float(p99.group(1)) * scale[p99.group(2)],
+    )
 
 
 async def _latencies(
@@ -120,6 +159,52 @@ async def _latencies(
             tasks.append(asyncio.create_task(one()))
         await asyncio.gather(*tasks)
     return results
+
+
+Loaded = dict[str, list[tuple[float, float, float]]]
+"""Per target, each round's (requests/s, p50 ms, p99 ms) at `LOAD`."""
+
+
+def _loaded(
+    urls: dict[str, str],
+    body: str,
+    key: str,
+    rps: dict[str, list[float]],
+    args: argparse.Namespace,
+    order: random.Random,
+) -> Loaded:
+    """Latency with the ledger on and off and in the twin at `LOAD` of no-ledger's throughput
+    (each of `PACED` connections pausing between its requests), `--load-rounds` rounds in a
+    new order each: what a request waits for at the load replicas are kept at."""
+    rate = LOAD * statistics.median(rps["no-ledger"])
+    pause_ms = max(1, round(PACED * 1000 / rate) - 1)  # ~1 ms: the request itself
+    loaded: Loaded = {name: [] for name in LEDGER_TARGETS}
+    for _ in range(args.load_rounds):
+        for name in order.sample(LEDGER_TARGETS, len(LEDGER_TARGETS)):
+            loaded[name].append(_wrk_paced(urls[name], body, 5, PACED, key, pause_ms))
+    return loaded
+
+
+def _loaded_versus(loaded: Loaded) -> str:
+    """Added p50 and p99 at load: the ledger (keyed) and the twin against no-ledger, the
+    median of the rounds' differences."""
+    base = loaded["no-ledger"]
+    share = statistics.median(r for r, _, _ in base)
+    line = (
+        f"{'':27}at {LOAD:.0%} load ({share:.0f} req/s): no-ledger p50 "
+        f"{statistics.median(p for _, p, _ in base):.3f} ms, p99 "
+        f"{statistics.median(p for _, _, p in base):.3f} ms"
+    )
+    for name, label in (("keyed", "ledger on/off"), ("twin", "twin/no-ledger")):
+        pairs = list(zip(loaded[name], base, strict=True))
+        line += f"\n{'':27}  {label + ':':16}"
+        for i, what in ((1, "p50"), (2, "p99")):
+            added = [a[i] - b[i] for a, b in pairs]
+            line += (
+                f" {what} {statistics.median(added):+.3f} ms"
+                f" (rounds {min(added):+.3f}..{max(added):+.3f})"
+            )
+    return line
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -234,6 +319,9 @@ def main() -> None:
     parser.add_argument(
         "--latency-rounds", type=int, default=3, help="latency runs per target and case"
     )
+    parser.add_argument(
+        "--load-rounds", type=int, default=5, help="latency runs at 70%% load per ledger target"
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s for latency")
     args = parser.parse_args()
@@ -272,6 +360,7 @@ def main() -> None:
         print(
             f"wrk: {args.connections} connections, {args.duration}s x {args.rounds} rounds; "
             f"latency at {args.rate:.0f} requests/s, 5 s x {args.latency_rounds}; "
+            f"at {LOAD:.0%} load, 5 s x {args.load_rounds}; "
             f"logs in {work}\n",
             flush=True,  # piped output is block-buffered: show progress as it comes
         )
@@ -300,7 +389,8 @@ def main() -> None:
                     lat[name].append(
                         asyncio.run(_latencies(urls[name], body, args.rate, 5, targets[name]))
                     )
-            rows.append((label, rps, cpu, lat))
+            loaded = _loaded(urls, body, key, rps, args, order)
+            rows.append((label, rps, cpu, lat, loaded))
             print(f"  {label}: done", flush=True)
         trips = _round_trips(gateways["keyed"], _body("bench-static", False), key, store.client())
     store.stop()
@@ -309,7 +399,7 @@ def main() -> None:
         f"{'':27}{'target':>10}{'req/s':>10}{'vs direct':>11}"
         f"{'added p50 ms':>14}{'added p99 ms':>14}{'CPU us/req':>12}"
     )
-    for label, rps, cpu, lat in rows:
+    for label, rps, cpu, lat, loaded in rows:
         direct_rps = statistics.median(rps["direct"])
         for name in targets:
             med = statistics.median(rps[name])
@@ -327,6 +417,7 @@ def main() -> None:
             print(f"{'':37}  runs: {[round(x) for x in rps[name]]}")
         print(f"{'':27}ledger on/off:  {_versus('keyed', 'no-ledger', rps, cpu, lat)}")
         print(f"{'':27}twin/no-ledger: {_versus('twin', 'no-ledger', rps, cpu, lat)}")
+        print(_loaded_versus(loaded))
     print(f"\nRedis commands per request (keyed, non-streaming): {trips}")
 
 

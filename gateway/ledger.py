@@ -309,6 +309,8 @@ class Ledger:
         """Finished exchanges and records queued since the writer last took them (it builds
         each exchange's record and gives records their ids, JSON and sums: not on the
         request's path)."""
+        self._built: list[UsageRecord] = []
+        """Records built from `_pending` while Redis is away, not yet batched."""
         self._ids = RequestIds()
         self._closed: deque[Batch] = deque()
         """Batches taken but not yet written, oldest first."""
@@ -363,18 +365,10 @@ class Ledger:
     def _take(self) -> None:
         """Batch the records queued since the last take, each batch next in this writer's
         order; a record gets its id here unless it has one (a stream's, an orphan's)."""
-        pending, self._pending = self._pending, []
+        self._build()
+        records, self._built = self._built, []
         batch = Batch()
-        for item in pending:
-            if isinstance(item, UsageRecord):
-                record = item
-            else:
-                try:
-                    record = record_of(item)
-                except Exception:  # a bug: say which request's record is lost, go on
-                    self._backlog -= 1
-                    self._unbuildable(item)
-                    continue
+        for record in records:
             if record.id:
                 self._saves.pop(record.id, None)  # its end supersedes progress not yet saved
             else:
@@ -385,6 +379,21 @@ class Ledger:
                 batch = Batch()
         if batch:
             self._close(batch)
+
+    def _build(self) -> None:
+        """Build the records of the exchanges queued (an exchange holds more memory than its
+        record: while Redis is away, this runs every 0.1 s and the buffer's bound holds)."""
+        pending, self._pending = self._pending, []
+        built = self._built
+        for item in pending:
+            if isinstance(item, UsageRecord):
+                built.append(item)
+                continue
+            try:
+                built.append(record_of(item))
+            except Exception:  # a bug: say which request's record is lost, go on
+                self._backlog -= 1
+                self._unbuildable(item)
 
     def _close(self, batch: Batch) -> None:
         batch.number = next(self._numbers)
@@ -456,8 +465,16 @@ class Ledger:
             if written:
                 failures = 0
                 continue
-            await asyncio.sleep(RETRY_PAUSES[min(failures, len(RETRY_PAUSES) - 1)])
+            await self._pause(RETRY_PAUSES[min(failures, len(RETRY_PAUSES) - 1)])
             failures += 1
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait before trying Redis again, building the records of requests that end
+        meanwhile."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.1))
+            self._build()
 
     async def _write_batches(self) -> bool:
         """Write the batches taken, oldest first; False (keeping the rest) when Redis cannot

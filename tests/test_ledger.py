@@ -32,7 +32,7 @@ from gateway.usage import Outcome, Usage
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.streams import expected_usage, recorded_transcripts
 from tests.support.admin import create_key, keyed_config, mock_config
-from tests.support.procs import ServerProcess
+from tests.support.procs import ServerProcess, free_port
 from tests.support.redis_server import RedisServer
 
 MEASURES = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
@@ -476,7 +476,12 @@ def test_a_full_buffer_drops_its_oldest_records_and_says_which(
     assert sorted(written + dropped) == sorted(sent)
     # The oldest went (the batch being written when the buffer filled stays: the newest 75 of
     # the 100 held are past any doubt)
-    assert not set(dropped) & set(sent[-75:])
+    newest = set(sent[-75:])
+    assert not set(dropped) & newest, [  # how each went: its log line, in order
+        line
+        for line in log_lines(gateway)
+        if line.get("request_id") in newest or line["event"].startswith(("ledger", "redis"))
+    ][:60]
     ready = httpx.get(f"{gateway.url}/readyz", timeout=5).json()
     assert ready["ledger_dropped"] == len(dropped)
 
@@ -711,6 +716,45 @@ class _Log:
         return lambda event, **fields: self.lines.append((event, fields))
 
 
+def _exchange(user: str, request_id: str) -> Exchange:
+    """A finished exchange, as a request leaves it to the ledger."""
+    ex = Exchange(request_id, 10.0, time.time(), 10.25)
+    ex.caller, ex.model, ex.provider, ex.status = user, "m", "p", 200
+    ex.outcome = Outcome("resp-1", "completed", Usage(1, 0, 2, 0, 3))
+    return ex
+
+
+def _ledger(redis_url: str, log: _Log) -> Ledger:
+    metrics = Metrics()
+    store = RedisStore(RedisSettings(), redis_url, log, metrics)
+    batcher = ScriptBatcher(store, "scripts", log)
+    return Ledger(store, RedisKeys(), LedgerSettings(), log, metrics, batcher)
+
+
+def test_while_redis_is_away_the_queued_exchanges_become_records() -> None:
+    """An exchange holds more memory than its record, and the buffer's memory bound is counted
+    in records: while the writer waits to try Redis again (pauses of up to 5 s), it still
+    builds the records of requests that end, every 0.1 s."""
+    port = free_port()  # nothing listens: every write fails at once
+
+    async def run() -> None:
+        ledger = _ledger(f"redis://127.0.0.1:{port}/0", _Log())
+        ledger.start()
+        ledger.record_exchange(_exchange("away", "req-0"))
+        await asyncio.sleep(0.9)  # failed writes, then pauses of 0.2, 0.5 and now 1 s
+        for i in range(1, 6):
+            ledger.record_exchange(_exchange("away", f"req-{i}"))
+        waited = 0.0
+        while ledger._pending and waited < 0.5:  # well before the pause ends
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        assert ledger._pending == []
+        assert ledger.backlog == 6  # kept, as records
+        await ledger.close(deadline=0.2)
+
+    asyncio.run(run())
+
+
 def test_an_exchange_whose_record_cannot_be_built_is_dropped_and_named(
     redis_server: RedisServer,
 ) -> None:
@@ -718,23 +762,14 @@ def test_an_exchange_whose_record_cannot_be_built_is_dropped_and_named(
     record it cannot build (a bug) is logged and counted as dropped, and the others of the same
     batch are written."""
     user = f"unbuildable-{uuid.uuid4().hex[:8]}"
-
-    def exchange(request_id: str) -> Exchange:
-        ex = Exchange(request_id, 10.0, time.time(), 10.25)
-        ex.caller, ex.model, ex.provider, ex.status = user, "m", "p", 200
-        ex.outcome = Outcome("resp-1", "completed", Usage(1, 0, 2, 0, 3))
-        return ex
-
-    broken = exchange("req-broken")
+    broken = _exchange(user, "req-broken")
     broken.outcome = "not an outcome"  # type: ignore[assignment]  # what a bug could leave
 
     async def run() -> Ledger:
-        log, metrics = _Log(), Metrics()
-        store = RedisStore(RedisSettings(), redis_server.url, log, metrics)
-        batcher = ScriptBatcher(store, "scripts", log)
-        ledger = Ledger(store, RedisKeys(), LedgerSettings(), log, metrics, batcher)
+        log = _Log()
+        ledger = _ledger(redis_server.url, log)
         ledger.record_exchange(broken)
-        ledger.record_exchange(exchange("req-fine"))
+        ledger.record_exchange(_exchange(user, "req-fine"))
         await ledger.close()
         assert ("ledger_record_dropped", {"request_id": "req-broken", "user": user,
                                           "error": "unbuildable"}) in log.lines  # fmt: skip

@@ -106,7 +106,8 @@ def _run_wrk(
         # Pauses drawn at random (exponential, mean `pause_ms`): equal pauses would keep the
         # connections in step, sending bursts instead of a steady load.
         + (
-            f"function delay() return -{pause_ms} * math.log(1 - math.random()) end\n"
+            f"function delay() return math.floor(0.5 - {pause_ms} * math.log(1 - math.random()))"
+            " end\n"  # wrk takes whole ms and truncates: rounded, the mean stays `pause_ms`
             if pause_ms is not None
             else ""
         )
@@ -118,10 +119,11 @@ def _run_wrk(
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} failed responses:\n{text}")
     rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    p50, p99 = (re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)$", text, re.M) for q in (50, 99))
+    # wrk pads one-letter units with a space ("1.02s ") and goes on to m and h
+    p50, p99 = (re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M) for q in (50, 99))
     if not (rate and p50 and p99):
         raise RuntimeError(text)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
     return (
         float(rate.group(1)),
         float(p50.group(1)) * scale[p50.group(2)],

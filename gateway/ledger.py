@@ -136,7 +136,18 @@ class Batch:
         return len(self.lines)
 
     def add(self, record: UsageRecord) -> None:
+        """Add `record`, or raise leaving the batch as it was (a record that cannot be
+        encoded or summed: a bug)."""
+        line = _encoder.encode(record)
         key = (record.time // 86_400, record.user or "-", record.model)
+        tokens = (
+            record.input_tokens,
+            record.cached_input_tokens,
+            record.output_tokens,
+            record.reasoning_tokens,
+            record.total_tokens,
+        )
+        sum(tokens)  # raises before any change if one is not a number
         found = self.sums.get(key)
         if found is None:
             found = self.sums[key] = [0, 0, 0, 0, 0, 0]
@@ -144,12 +155,12 @@ class Batch:
             self.saved.append((len(self.lines), record, key))
         else:
             found[0] += 1
-            found[1] += record.input_tokens
-            found[2] += record.cached_input_tokens
-            found[3] += record.output_tokens
-            found[4] += record.reasoning_tokens
-            found[5] += record.total_tokens
-        self.lines.append(_encoder.encode(record))
+            found[1] += tokens[0]
+            found[2] += tokens[1]
+            found[3] += tokens[2]
+            found[4] += tokens[3]
+            found[5] += tokens[4]
+        self.lines.append(line)
 
     def records(self) -> list[UsageRecord]:
         """Its records, read back (to say which were dropped)."""
@@ -373,7 +384,12 @@ class Ledger:
                 self._saves.pop(record.id, None)  # its end supersedes progress not yet saved
             else:
                 record.id = self._ids.new()
-            batch.add(record)
+            try:
+                batch.add(record)
+            except Exception:  # a bug (a record JSON cannot encode): drop it, say so, go on
+                self._backlog -= 1
+                self._drop(record, error="unencodable", exc_info=True)
+                continue
             if len(batch) >= self._per_batch:
                 self._close(batch)
                 batch = Batch()

@@ -17,8 +17,8 @@ else to core 1 when `taskset` exists. Then for each case:
 - added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
   through each gateway, `--latency-rounds` times, likewise; the median of the per-round
   differences is what the gateway adds.
-- latency at load: `keyed`, `no-ledger` and `twin` at 70% of no-ledger's throughput (the
-  CPU share the autoscaler keeps replicas at), 64 wrk connections each pausing at random
+- latency at load: `keyed`, `no-ledger` and `twin` at about 70% of no-ledger's throughput
+  (the CPU share the autoscaler keeps replicas at; the share reached is printed), 64 wrk connections each pausing at random
   between requests, `--load-rounds` times in a new order each; p50/p99 as wrk reports them.
 The gateway's CPU time per request (from /proc, during each wrk run) is printed beside, then
 what the ledger costs: keyed against no-ledger round by round, beside twin against
@@ -187,13 +187,13 @@ def _loaded(
     return loaded
 
 
-def _loaded_versus(loaded: Loaded) -> str:
+def _loaded_versus(loaded: Loaded, saturated: float) -> str:
     """Added p50 and p99 at load: the ledger (keyed) and the twin against no-ledger, the
-    median of the rounds' differences."""
+    median of the rounds' differences; `saturated`: no-ledger's median req/s under wrk."""
     base = loaded["no-ledger"]
-    share = statistics.median(r for r, _, _ in base)
+    rate = statistics.median(r for r, _, _ in base)
     line = (
-        f"{'':27}at {LOAD:.0%} load ({share:.0f} req/s): no-ledger p50 "
+        f"{'':27}at {rate / saturated:.0%} load ({rate:.0f} req/s): no-ledger p50 "
         f"{statistics.median(p for _, p, _ in base):.3f} ms, p99 "
         f"{statistics.median(p for _, _, p in base):.3f} ms"
     )
@@ -419,7 +419,7 @@ def main() -> None:
             print(f"{'':37}  runs: {[round(x) for x in rps[name]]}")
         print(f"{'':27}ledger on/off:  {_versus('keyed', 'no-ledger', rps, cpu, lat)}")
         print(f"{'':27}twin/no-ledger: {_versus('twin', 'no-ledger', rps, cpu, lat)}")
-        print(_loaded_versus(loaded))
+        print(_loaded_versus(loaded, statistics.median(rps["no-ledger"])))
     print(f"\nRedis commands per request (keyed, non-streaming): {trips}")
 
 

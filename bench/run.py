@@ -18,8 +18,9 @@ else to core 1 when `taskset` exists. Then for each case:
   through each gateway, `--latency-rounds` times, likewise; the median of the per-round
   differences is what the gateway adds.
 - latency at load: `keyed`, `no-ledger` and `twin` at about 70% of no-ledger's throughput
-  (the CPU share the autoscaler keeps replicas at; the share reached is printed), 64 wrk connections each pausing at random
-  between requests, `--load-rounds` times in a new order each; p50/p99 as wrk reports them.
+  (the CPU share the autoscaler keeps replicas at; the share reached is printed), 64 wrk
+  connections each pausing at random between requests, `--load-rounds` times in a new order
+  each; p50/p99 as wrk reports them.
 The gateway's CPU time per request (from /proc, during each wrk run) is printed beside, then
 what the ledger costs: keyed against no-ledger round by round, beside twin against
 no-ledger (the same comparison between identical gateways), at saturation, at 200

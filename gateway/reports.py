@@ -200,8 +200,8 @@ def csv_header() -> bytes:
 
 
 def csv_line(record: UsageRecord) -> bytes:
-    """One CSV row: the record's fields in `EXPORT_FIELDS` order. Text fields as they are;
-    numbers, booleans and `metadata` as JSON; an absent value empty."""
+    """One CSV row: the record's fields in `EXPORT_FIELDS` order. Text fields as they are but
+    defused (`_defuse`); numbers, booleans and `metadata` as JSON; an absent value empty."""
     values: list[Any] = []
     for name in EXPORT_FIELDS:
         value = getattr(record, name)
@@ -210,13 +210,26 @@ def csv_line(record: UsageRecord) -> bytes:
         elif name in _JSON_FIELDS:
             values.append(_record_encoder.encode(value).decode())
         else:
-            values.append(value)
+            values.append(_defuse(value))
     return _csv_row(values)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _defuse(text: str) -> str:
+    """`text` with a `'` before it when a spreadsheet would run it as a formula (it starts
+    with = + - @, a tab or a carriage return: some text fields are the caller's own, such as
+    the request's `user` or `x-request-id`), or when it starts with `'` itself, so that
+    `record_from_csv` can take exactly one off (OWASP's CSV injection advice)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _csv_row(values: Iterable[Any]) -> bytes:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(values)
+    # RFC 4180's CRLF: with a bare LF, Python's writer leaves a CR in a value unquoted, and
+    # a reader then splits the row there (a request's `user` field may hold one)
+    csv.writer(out, lineterminator="\r\n").writerow(values)
     return out.getvalue().encode()
 
 
@@ -225,8 +238,12 @@ def record_from_csv(row: dict[str, str]) -> UsageRecord:
     fields: dict[str, Any] = {}
     for name in EXPORT_FIELDS:
         text = row.get(name, "")
-        if text != "":
-            fields[name] = msgspec.json.decode(text) if name in _JSON_FIELDS else text
+        if text == "":
+            continue
+        if name in _JSON_FIELDS:
+            fields[name] = msgspec.json.decode(text)
+        else:  # undo `_defuse`
+            fields[name] = text[1:] if text.startswith("'") else text
     return msgspec.convert(fields, UsageRecord)
 
 

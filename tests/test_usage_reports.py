@@ -20,7 +20,7 @@ import redis
 
 from gateway.ledger import UsageRecord
 from gateway.redis_keys import RedisKeys
-from gateway.reports import MEASURES, record_from_csv
+from gateway.reports import MEASURES, csv_header, csv_line, record_from_csv
 from tests.conftest import ADMIN_KEY, GatewayFactory, eventually
 from tests.support.admin import admin_client, create_key
 from tests.support.procs import ServerProcess
@@ -290,3 +290,24 @@ def test_a_made_up_model_name_never_reaches_the_sums(
     mine = httpx.get(f"{reporting.url}/v1/usage", headers={"authorization": f"Bearer {key}"})
     assert mine.status_code == 200
     assert mine.json()["today"]["requests"] == 3
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['=HYPERLINK("http://x","y")', "+1+1", "-A1", "@SUM(A1)", "\tx", "\rx", "'", "'=1", "ok-1"],
+)
+def test_csv_cells_a_spreadsheet_would_run_are_defused_and_read_back(text: str) -> None:
+    """Billing exports are opened in spreadsheets, and some text fields are the caller's own
+    (the request's `user`, `x-request-id`): a cell that would run as a formula gets a `'`
+    before it, and `record_from_csv` takes it off again."""
+    record = UsageRecord(
+        id="rec-1", request_id=text, time=1.5, end="completed", status=200, stream=False,
+        user="u", model="m", request_user=text, metadata={"k": text},
+    )  # fmt: skip
+    table = (csv_header() + csv_line(record)).decode()
+    [row] = list(csv.DictReader(io.StringIO(table, newline="")))
+    dangerous = text[:1] in ("=", "+", "-", "@", "\t", "\r", "'")
+    for name in ("request_id", "request_user"):
+        assert row[name] == ("'" + text if dangerous else text)
+    assert row["metadata"].startswith("{")  # JSON: never a formula
+    assert record_from_csv(row) == record

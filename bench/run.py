@@ -86,17 +86,11 @@ def _wrk(url: str, body: str, duration: int, connections: int, key: str | None) 
     return _run_wrk(url, body, duration, connections, key, None)[0]
 
 
-def _wrk_paced(
-    url: str, body: str, duration: int, connections: int, key: str | None, pause_ms: int
-) -> tuple[float, float, float]:
-    """Requests/s, p50 and p99 (ms) with each connection pausing `pause_ms` on average
-    between its requests: a load below saturation, set by the pause."""
-    return _run_wrk(url, body, duration, connections, key, pause_ms)
-
-
 def _run_wrk(
     url: str, body: str, duration: int, connections: int, key: str | None, pause_ms: int | None
 ) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 (ms); with `pause_ms`, each connection pauses that long on
+    average between its requests: a load below saturation, set by the pause."""
     script = Path(tempfile.mkdtemp()) / "post.lua"
     escaped = body.replace("\\", "\\\\").replace('"', '\\"')
     script.write_text(
@@ -184,7 +178,7 @@ def _loaded(
     loaded: Loaded = {name: [] for name in LEDGER_TARGETS}
     for _ in range(args.load_rounds):
         for name in order.sample(LEDGER_TARGETS, len(LEDGER_TARGETS)):
-            loaded[name].append(_wrk_paced(urls[name], body, 5, PACED, key, pause_ms))
+            loaded[name].append(_run_wrk(urls[name], body, 5, PACED, key, pause_ms))
     return loaded
 
 

@@ -1,8 +1,8 @@
 """The usage ledger: one record per request, written to Redis off the request path.
 
-`Ledger.record_exchange` only appends the finished exchange to an in-memory queue: it runs at
-the end of every request. A background task takes the queue every 10 ms, builds each
-exchange's record, gives it its id, JSON and place in its user's sums, and writes the records in
+`Ledger.queue` only appends the finished exchange to an in-memory queue: it runs at the end
+of every request. A background task takes the queue every 10 ms, builds each exchange's
+record, gives it its id, JSON and place in its user's sums, and writes the records in
 batches (`lua/ledger_append.lua`: the stream entries and the
 sums in one atomic step, exactly once: each batch is numbered in its writer's order and Redis
 skips numbers already applied). While Redis cannot take them, batches wait and are retried;
@@ -140,13 +140,7 @@ class Batch:
         encoded or summed: a bug)."""
         line = _encoder.encode(record)
         key = (record.time // 86_400, record.user or "-", record.model)
-        tokens = (
-            record.input_tokens,
-            record.cached_input_tokens,
-            record.output_tokens,
-            record.reasoning_tokens,
-            record.total_tokens,
-        )
+        tokens = _tokens(record)
         sum(tokens)  # raises before any change if one is not a number
         found = self.sums.get(key)
         if found is None:
@@ -352,25 +346,16 @@ class Ledger:
             loop.create_task(self._checkpoint_forever()),
         ]
 
-    def record_exchange(self, ex: Exchange) -> None:
-        """Queue the record of a finished exchange, which nothing changes any more; never
-        waits, never fails. It runs at the end of every request, so it only appends: the
-        writer builds the record (building it here cost ~2.5 µs per request in the running
-        process, see README, Performance)."""
+    def queue(self, item: Exchange | UsageRecord) -> None:
+        """Queue a finished exchange (which nothing changes any more) or a record (an
+        orphan's); never waits, never fails. It runs at the end of every request, so it only
+        appends: the writer builds the record (building it here cost ~2.5 µs per request in
+        the running process, see README, Performance)."""
         if self._backlog >= self._settings.buffer_records:
             self._make_room()
         if not self._pending:
             self._wake.set()  # the writer may be waiting for the first record
-        self._pending.append(ex)
-        self._backlog += 1
-
-    def record(self, record: UsageRecord) -> None:
-        """Queue a record (an orphan's); never waits, never fails."""
-        if self._backlog >= self._settings.buffer_records:
-            self._make_room()
-        if not self._pending:
-            self._wake.set()
-        self._pending.append(record)
+        self._pending.append(item)
         self._backlog += 1
 
     def _take(self) -> None:
@@ -603,7 +588,7 @@ class Ledger:
                     user=record.user,
                     output_tokens=record.output_tokens,
                 )
-                self.record(record)
+                self.queue(record)
 
     def _unbuildable(self, ex: Exchange) -> None:
         self.dropped += 1

@@ -110,7 +110,7 @@ class ResponsesEndpoint:
             if self._metrics is not None:
                 self._metrics.observe(ex, ended)
             if self._ledger is not None and ex.caller is not None:
-                self._ledger.record_exchange(ex)  # done with: the ledger's writer reads it
+                self._ledger.queue(ex)  # done with: the ledger's writer reads it
 
     async def _handle(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         if ex.method != "POST":

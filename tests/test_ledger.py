@@ -742,10 +742,10 @@ def test_while_redis_is_away_the_queued_exchanges_become_records() -> None:
     async def run() -> None:
         ledger = _ledger(f"redis://127.0.0.1:{port}/0", _Log())
         ledger.start()
-        ledger.record_exchange(_exchange("away", "req-0"))
+        ledger.queue(_exchange("away", "req-0"))
         await asyncio.sleep(0.9)  # failed writes, then pauses of 0.2, 0.5 and now 1 s
         for i in range(1, 6):
-            ledger.record_exchange(_exchange("away", f"req-{i}"))
+            ledger.queue(_exchange("away", f"req-{i}"))
         waited = 0.0
         while ledger._pending and waited < 0.5:  # well before the pause ends
             await asyncio.sleep(0.05)
@@ -775,7 +775,7 @@ def test_a_record_that_cannot_be_built_or_encoded_is_dropped_and_named(
         log = _Log()
         ledger = _ledger(redis_server.url, log)
         for ex in (broken, odd, uncounted, _exchange(user, "req-fine")):
-            ledger.record_exchange(ex)
+            ledger.queue(ex)
         await ledger.close()
         dropped = {
             fields["request_id"]: fields["error"]

@@ -1,16 +1,16 @@
-"""What the gateway knows about one request while it runs, and its canonical log line."""
+"""What the gateway knows about one request while it runs (its record, `record.py`, is what
+the canonical log line and the usage ledger keep of it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .usage import Outcome
 
 
 @dataclass(slots=True)
 class Exchange:
-    """One request's facts, filled in by each step and logged once at the end."""
+    """One request's facts, filled in by each step; its record is logged once at the end."""
 
     request_id: str
     started: float
@@ -26,7 +26,7 @@ class Exchange:
     checkpointed: bool = False
     """A running stream's progress was saved (see ledger.py)."""
     method: str = "POST"
-    path: str = ""
+    path: str = "/v1/responses"
     model: str | None = None
     provider: str | None = None
     upstream_model: str | None = None
@@ -93,42 +93,6 @@ class Exchange:
             return f"http_{self.upstream_status}"
         return None
 
-    def log_fields(self, now: float) -> dict[str, Any]:
-        """The canonical log line's fields (never a credential: none is kept here); `now`:
-        `perf_counter()` when the answer ended."""
-        usage = self.outcome.usage if self.outcome else None
-        return {
-            "request_id": self.request_id,
-            "method": self.method,
-            "path": self.path,
-            "model": self.model,
-            "provider": self.provider,
-            "upstream_model": self.upstream_model,
-            "stream": self.stream,
-            "status": self.status,
-            "upstream_status": self.upstream_status,
-            "error_code": self.error_code,
-            "stream_error": self.stream_error,
-            "latency_ms": elapsed_ms(self.started, now),
-            "ttfb_ms": elapsed_ms(self.started, self.first_byte_at),
-            "ttft_ms": elapsed_ms(self.started, self.first_token_at),
-            "terminal_event": self.terminal_event,
-            "response_id": self.outcome.response_id if self.outcome else None,
-            "response_status": self.outcome.status if self.outcome else None,
-            "input_tokens": usage.input_tokens if usage else None,
-            "cached_input_tokens": usage.cached_input_tokens if usage else None,
-            "output_tokens": usage.output_tokens if usage else None,
-            "reasoning_tokens": usage.reasoning_tokens if usage else None,
-            "total_tokens": usage.total_tokens if usage else None,
-            "user": self.caller,
-            "key_id": self.key_id,
-            "team": self.team,
-            "request_user": self.user,
-            "metadata": self.metadata,
-            "client_disconnected": self.client_disconnected,
-            "interrupted": self.interrupted,
-        }
-
 
 _UPSTREAM_CODES = frozenset(
     ("upstream_error", "upstream_timeout", "upstream_unavailable", "upstream_auth_failed")
@@ -139,5 +103,5 @@ def elapsed_ms(start: float, end: float | None) -> float | None:
     """Milliseconds from `start` to `end` (`perf_counter()` values), rounded; None without
     an end."""
     # Whole microseconds, then ms: round(x, 3) goes through decimal digits, ~4x slower, and
-    # this runs three times per request (log line) and twice more per record.
+    # this runs three times per request (its record).
     return None if end is None else round((end - start) * 1_000_000) / 1000

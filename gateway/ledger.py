@@ -1,9 +1,9 @@
 """The usage ledger: one record per request, written to Redis off the request path.
 
-`Ledger.queue` only appends the finished exchange to an in-memory queue: it runs at the end
-of every request. A background task takes the queue every 10 ms, builds each exchange's
-record, gives it its id, JSON and place in its user's sums, and writes the records in
-batches (`lua/ledger_append.lua`: the stream entries and the
+`Ledger.queue` only appends the finished request's record and its JSON (encoded once, for its
+log line too: see `record.py`) to an in-memory queue: it runs at the end of every request. A
+background task takes the queue every 10 ms, adds each record to its user's sums, and writes
+the records in batches (`lua/ledger_append.lua`: the stream entries and the
 sums in one atomic step, exactly once: each batch is numbered in its writer's order and Redis
 skips numbers already applied). While Redis cannot take them, batches wait and are retried;
 the queue is bounded (`ledger.buffer_records`), and a record that must be dropped is logged.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
-import functools
 import itertools
 import secrets
 import time
@@ -31,16 +30,15 @@ from typing import Any
 
 import msgspec
 
-from .exchange import Exchange, elapsed_ms
-from .limits import estimate_input_tokens
+from .exchange import Exchange
 from .metrics import Metrics
+from .record import UsageRecord, decode, encode, progress_of, utc_day
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore, RedisUnavailable
 from .request_ids import RequestIds
 from .script_batch import Packed, ScriptBatcher, ScriptRefused, pack
 from .settings import LedgerSettings
 from .sse import StreamTap
-from .usage import Usage
 
 BATCH = 256
 """Records per call of `lua/ledger_append.lua` at most (a quarter of `ledger.buffer_records`
@@ -48,65 +46,6 @@ if less): Redis is then busy ~0.4 ms at most."""
 LINGER = 0.01
 """Seconds the writer waits after the first new record before it writes."""
 RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-class UsageRecord(msgspec.Struct, omit_defaults=True, gc=False):
-    """What one request used, whatever its end. (Not tracked by the garbage collector: it
-    holds only text, numbers and a dict of text, never a cycle.)
-
-    Its fields are in the order `_record` passes them."""
-
-    id: str
-    """Unique per record: the idempotency key of its write."""
-    request_id: str
-    time: float
-    """Unix time the request arrived."""
-    end: str
-    """completed, incomplete, failed, rejected, error, client_disconnected or interrupted (the
-    stream was cut by its replica's shutdown or death)."""
-    status: int
-    stream: bool
-    user: str | None = None
-    key_id: str | None = None
-    team: str | None = None
-    model: str | None = None
-    provider: str | None = None
-    upstream_model: str | None = None
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    total_tokens: int = 0
-    latency_ms: float | None = None
-    ttft_ms: float | None = None
-    request_user: str | None = None
-    metadata: dict[str, str] | None = None
-    response_id: str | None = None
-    usage_estimated: bool = False
-    """The provider's usage is unknown (the stream was broken off): the tokens are estimated
-    from the request's size and the frames streamed, as the quota charged them."""
-    checkpointed: bool = False
-    """The stream's progress was saved while it ran: another replica may write this record
-    (from the save) if this one seems dead, so its write is also checked by id."""
-
-    def day(self) -> str:
-        """The UTC day the request arrived, ``YYYY-MM-DD``."""
-        return _day(int(self.time // 86_400))
-
-
-@functools.lru_cache(maxsize=8)
-def _day(number: int) -> str:
-    """Day `number` since the Unix epoch, ``YYYY-MM-DD`` (records come from a few days)."""
-    return time.strftime("%Y-%m-%d", time.gmtime(number * 86_400))
-
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(UsageRecord)
-
-
-def encode(record: UsageRecord) -> bytes:
-    """The stream entry's `r` field."""
-    return _encoder.encode(record)
 
 
 class Batch:
@@ -135,10 +74,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.lines)
 
-    def add(self, record: UsageRecord) -> None:
-        """Add `record`, or raise leaving the batch as it was (a record that cannot be
-        encoded or summed: a bug)."""
-        line = _encoder.encode(record)
+    def add(self, record: UsageRecord, line: bytes | None = None) -> None:
+        """Add `record` (`line`: its JSON, if encoded already), or raise leaving the batch as
+        it was (a record that cannot be encoded or summed: a bug)."""
+        if line is None:
+            line = encode(record)
         key = (record.time // 86_400, record.user or "-", record.model)
         tokens = _tokens(record)
         sum(tokens)  # raises before any change if one is not a number
@@ -158,7 +98,7 @@ class Batch:
 
     def records(self) -> list[UsageRecord]:
         """Its records, read back (to say which were dropped)."""
-        return [_decoder.decode(line) for line in self.lines]
+        return [decode(line) for line in self.lines]
 
 
 class Packer:
@@ -198,7 +138,7 @@ class Packer:
             if len(self._repeated) >= self._KEPT:
                 self._repeated.clear()
             number, user, model = key
-            day = _day(int(number))
+            day = utc_day(int(number))
             keys = pack((self._keys.ledger_users(day), self._keys.ledger_user_month(user, day[:7])))
             found = keys, pack((user, f"{day}\t{model or '-'}\t", _month_end(day) + self._kept))
             self._repeated[key] = found
@@ -220,72 +160,6 @@ def _month_end(day: str) -> int:
     year, month = int(day[:4]), int(day[5:7])
     year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
-
-
-def record_of(ex: Exchange) -> UsageRecord:
-    """The ledger record of a finished exchange (its latency and time to first token are its
-    log line's: the same function of the same times)."""
-    outcome = ex.outcome
-    usage = outcome.usage if outcome is not None else None
-    latency = elapsed_ms(ex.started, ex.ended)
-    ttft = elapsed_ms(ex.started, ex.first_token_at)
-    record = _record(ex, ex.end(), latency, ttft, usage or _NO_USAGE)
-    if outcome is not None and usage is not None:
-        record.response_id = outcome.response_id
-    elif ex.partly_delivered:
-        _estimate(record, ex, ex.output_estimate)
-    record.checkpointed = ex.checkpointed
-    return record
-
-
-_NO_USAGE = Usage()
-
-
-def progress_of(ex: Exchange, frames: int, first_token_at: float | None) -> UsageRecord:
-    """A running stream's usage so far, as the record to write should its replica die; `ex`
-    is marked as saved (its own record may then race the one written from the save)."""
-    latency = elapsed_ms(ex.started, time.perf_counter())
-    ttft = elapsed_ms(ex.started, first_token_at)
-    record = _record(ex, "interrupted", latency, ttft, _NO_USAGE)
-    _estimate(record, ex, frames)
-    record.checkpointed = ex.checkpointed = True
-    return record
-
-
-def _record(
-    ex: Exchange, end: str, latency_ms: float | None, ttft_ms: float | None, usage: Usage
-) -> UsageRecord:
-    # Positional: msgspec matches keyword arguments by name, ten times slower per record.
-    return UsageRecord(
-        ex.record_id,
-        ex.request_id,
-        round(ex.arrived * 1000) / 1000,  # ms: faster than round(x, 3)
-        end,
-        ex.status,
-        ex.stream,
-        ex.caller,
-        ex.key_id,
-        ex.team,
-        ex.model if ex.provider is not None else None,  # a served model, never any text
-        ex.provider,
-        ex.upstream_model,
-        usage.input_tokens,
-        usage.cached_input_tokens,
-        usage.output_tokens,
-        usage.reasoning_tokens,
-        usage.total_tokens,
-        latency_ms,
-        ttft_ms,
-        ex.user,  # the request's own `user` field
-        ex.metadata,
-    )
-
-
-def _estimate(record: UsageRecord, ex: Exchange, output_tokens: int) -> None:
-    record.input_tokens = estimate_input_tokens(ex.body_size)
-    record.output_tokens = output_tokens
-    record.total_tokens = record.input_tokens + output_tokens
-    record.usage_estimated = True
 
 
 class Ledger:
@@ -310,12 +184,9 @@ class Ledger:
         self._orphans_script = store.script("ledger_orphans")
         self._batch = batch
         self._packer = Packer(keys, settings.retention_days)
-        self._pending: list[Exchange | UsageRecord] = []
-        """Finished exchanges and records queued since the writer last took them (it builds
-        each exchange's record and gives records their ids, JSON and sums: not on the
-        request's path)."""
-        self._built: list[UsageRecord] = []
-        """Records built from `_pending` while Redis is away, not yet batched."""
+        self._pending: list[tuple[UsageRecord, bytes | None]] = []
+        """Records queued since the writer last took them, each with its JSON if encoded
+        already (a request's is: its log line's)."""
         self._ids = RequestIds()
         self._closed: deque[Batch] = deque()
         """Batches taken but not yet written, oldest first."""
@@ -346,31 +217,41 @@ class Ledger:
             loop.create_task(self._checkpoint_forever()),
         ]
 
-    def queue(self, item: Exchange | UsageRecord) -> None:
-        """Queue a finished exchange (which nothing changes any more) or a record (an
-        orphan's); never waits, never fails. It runs at the end of every request, so it only
-        appends: the writer builds the record (building it here cost ~2.5 µs per request in
-        the running process, see README, Performance)."""
+    def new_id(self) -> str:
+        """A record id, unique across replicas (a request's record needs one before its JSON
+        is encoded)."""
+        return self._ids.new()
+
+    def queue(self, record: UsageRecord, line: bytes | None = None) -> None:
+        """Queue a record that nothing changes any more (`line`: its JSON, if encoded); never
+        waits, never fails. It runs at the end of every request, so it only appends."""
         if self._backlog >= self._settings.buffer_records:
             self._make_room()
         if not self._pending:
             self._wake.set()  # the writer may be waiting for the first record
-        self._pending.append(item)
+        self._pending.append((record, line))
         self._backlog += 1
+
+    def lost(self, request_id: str, user: str | None) -> None:
+        """A request's record could not be built (a bug): count it and say whose it was."""
+        self.dropped += 1
+        self._metrics.ledger_dropped.inc()
+        self._log.exception(
+            "ledger_record_dropped", request_id=request_id, user=user, error="unbuildable"
+        )
 
     def _take(self) -> None:
         """Batch the records queued since the last take, each batch next in this writer's
-        order; a record gets its id here unless it has one (a stream's, an orphan's)."""
-        self._build()
-        records, self._built = self._built, []
+        order; a record gets its id here unless it has one (a request's, an orphan's)."""
+        pending, self._pending = self._pending, []
         batch = Batch()
-        for record in records:
-            if record.id:
+        for record, line in pending:
+            if record.checkpointed:
                 self._saves.pop(record.id, None)  # its end supersedes progress not yet saved
-            else:
-                record.id = self._ids.new()
+            elif not record.id:
+                record.id, line = self._ids.new(), None
             try:
-                batch.add(record)
+                batch.add(record, line)
             except Exception:  # a bug (a record JSON cannot encode): drop it, say so, go on
                 self._backlog -= 1
                 self._drop(record, error="unencodable", exc_info=True)
@@ -380,21 +261,6 @@ class Ledger:
                 batch = Batch()
         if batch:
             self._close(batch)
-
-    def _build(self) -> None:
-        """Build the records of the exchanges queued (an exchange holds more memory than its
-        record: while Redis is away, this runs every 0.1 s and the buffer's bound holds)."""
-        pending, self._pending = self._pending, []
-        built = self._built
-        for item in pending:
-            if isinstance(item, UsageRecord):
-                built.append(item)
-                continue
-            try:
-                built.append(record_of(item))
-            except Exception:  # a bug: say which request's record is lost, go on
-                self._backlog -= 1
-                self._unbuildable(item)
 
     def _close(self, batch: Batch) -> None:
         batch.number = next(self._numbers)
@@ -470,12 +336,12 @@ class Ledger:
             failures += 1
 
     async def _pause(self, seconds: float) -> None:
-        """Wait before trying Redis again, building the records of requests that end
-        meanwhile."""
+        """Wait before trying Redis again, batching the records of requests that end meanwhile
+        (a batch holds only their JSON and sums, less than the records)."""
         until = time.monotonic() + seconds
         while (left := until - time.monotonic()) > 0:
             await asyncio.sleep(min(left, 0.1))
-            self._build()
+            self._take()
 
     async def _write_batches(self) -> bool:
         """Write the batches taken, oldest first; False (keeping the rest) when Redis cannot
@@ -578,7 +444,7 @@ class Ledger:
                 continue
             for i in range(0, len(found), 2):
                 try:
-                    record = _decoder.decode(found[i + 1])
+                    record = decode(found[i + 1])
                 except msgspec.DecodeError:  # not a record this version can read: say so
                     self._log.error("ledger_orphan_unreadable", id=found[i].decode())
                     continue
@@ -589,13 +455,6 @@ class Ledger:
                     output_tokens=record.output_tokens,
                 )
                 self.queue(record)
-
-    def _unbuildable(self, ex: Exchange) -> None:
-        self.dropped += 1
-        self._metrics.ledger_dropped.inc()
-        self._log.exception(
-            "ledger_record_dropped", request_id=ex.request_id, user=ex.caller, error="unbuildable"
-        )
 
     def _drop(self, record: UsageRecord, **why: Any) -> None:
         self.dropped += 1

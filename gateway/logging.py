@@ -24,7 +24,21 @@ _LEVELS = {
 
 
 def _encode(event: dict[str, Any], **_: Any) -> bytes:
-    return msgspec.json.encode(event)
+    """The event as one JSON object; `_json`, fields encoded already as a JSON object (a
+    request's record, `record.py`), is spliced in after the event's own fields."""
+    encoded: bytes | None = event.pop("_json", None)
+    line = msgspec.json.encode(event)
+    if encoded is None or len(encoded) <= 2:  # nothing to add (b"{}")
+        return line
+    return line[:-1] + b"," + encoded[1:]
+
+
+def _decode_json(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """For the console format: `_json` (see `_encode`) as the event's own fields."""
+    encoded = event.pop("_json", None)
+    if encoded is not None:
+        event.update(msgspec.json.decode(encoded))
+    return event
 
 
 def configure_logging(settings: LoggingSettings) -> None:
@@ -39,6 +53,7 @@ def configure_logging(settings: LoggingSettings) -> None:
         processors.append(structlog.processors.JSONRenderer(serializer=_encode))
         factory: Any = structlog.BytesLoggerFactory(sys.stdout.buffer)
     else:
+        processors.append(_decode_json)
         processors.append(structlog.dev.ConsoleRenderer())
         factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(

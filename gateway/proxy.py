@@ -33,6 +33,7 @@ from .http1 import Response, UpstreamError
 from .ledger import Ledger
 from .limits import Admission, Limiter, estimate_input_tokens, estimate_tokens
 from .metrics import Metrics
+from .record import encode, record_of
 from .request_ids import RequestIds
 from .routing import Route, Router
 from .sse import StreamTap
@@ -105,12 +106,10 @@ class ResponsesEndpoint:
             ex.interrupted = True
             raise
         finally:
-            ex.ended = ended = time.perf_counter()
-            self._log.info("request", **ex.log_fields(ended))
+            ex.ended = time.perf_counter()
+            finish(ex, self._log, self._ledger if ex.caller is not None else None)
             if self._metrics is not None:
-                self._metrics.observe(ex, ended)
-            if self._ledger is not None and ex.caller is not None:
-                self._ledger.queue(ex)  # done with: the ledger's writer reads it
+                self._metrics.observe(ex, ex.ended)
 
     async def _handle(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         if ex.method != "POST":
@@ -323,6 +322,25 @@ async def _relay_stream(
     ex.response_complete = True
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True
+
+
+def finish(ex: Exchange, log: Any, ledger: Ledger | None) -> None:
+    """Log the request's canonical line and queue its usage record (a caller's request, when
+    the ledger is on): one JSON object, encoded once for both (see `record.py`)."""
+    try:
+        if ledger is not None and not ex.record_id:
+            ex.record_id = ledger.new_id()
+        record = record_of(ex)
+        line = encode(record)
+    except Exception:  # a bug: the answer is sent; say whose record is lost, never raise
+        if ledger is not None:
+            ledger.lost(ex.request_id, ex.caller)
+        else:
+            log.exception("request_record_failed", request_id=ex.request_id)
+        return
+    log.info("request", _json=line)
+    if ledger is not None:
+        ledger.queue(record, line)
 
 
 def _record(ex: Exchange, tap: StreamTap) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from .ledger import UsageRecord
+from .record import UsageRecord
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore
 

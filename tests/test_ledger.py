@@ -22,8 +22,10 @@ import pytest
 import redis
 
 from gateway.exchange import Exchange
-from gateway.ledger import Batch, Ledger, Packer, UsageRecord, encode, record_of
+from gateway.ledger import Batch, Ledger, Packer
 from gateway.metrics import Metrics
+from gateway.proxy import finish
+from gateway.record import UsageRecord, encode, record_of
 from gateway.redis_keys import RedisKeys
 from gateway.redis_store import RedisStore
 from gateway.script_batch import ScriptBatcher, evalsha
@@ -110,6 +112,16 @@ def test_one_record_per_request_whatever_its_end(
     rejected = next(r for r in records if r["end"] == "rejected")
     assert rejected["status"] == 429
     assert all(r["latency_ms"] >= 0 and r["key_id"].startswith("k") for r in records)
+    # Each record is its request's log line, byte for byte but structlog's own three fields:
+    # one JSON object, encoded once for both.
+    logged = {
+        line["id"]: line
+        for line in log_lines(ledgered)
+        if line["event"] == "request" and line.get("user") == user
+    }
+    for record in records:
+        line = logged[record["id"]]
+        assert {k: v for k, v in line.items() if k not in ("event", "level", "timestamp")} == record
 
 
 def test_daily_sums_equal_the_records(
@@ -140,16 +152,20 @@ def test_a_record_takes_each_field_from_its_own_source() -> None:
     ex.record_id, ex.stream, ex.status, ex.caller, ex.key_id = "rec-1", True, 201, "u", "k"
     ex.team, ex.model, ex.provider, ex.upstream_model = "t", "m", "p", "um"
     ex.user, ex.metadata = "end-user", {"job": "x"}
-    ex.outcome, ex.first_token_at = (
+    ex.outcome, ex.first_token_at, ex.first_byte_at = (
         Outcome("resp-9", "incomplete", Usage(11, 3, 22, 5, 33)),
         100.00425,
+        100.002,
     )
+    ex.method, ex.path, ex.upstream_status, ex.error_code = "PUT", "/v1/x", 502, "code"
+    ex.stream_error, ex.terminal_event = "upstream_timeout", "response.incomplete"
+    ex.client_disconnected, ex.checkpointed = True, True
     record = record_of(ex)
     assert msgspec.structs.asdict(record) == {
         "id": "rec-1",
         "request_id": "req-given",
         "time": 1_790_000_000.123,
-        "end": "incomplete",
+        "end": "client_disconnected",
         "status": 201,
         "stream": True,
         "user": "u",
@@ -169,8 +185,23 @@ def test_a_record_takes_each_field_from_its_own_source() -> None:
         "metadata": {"job": "x"},
         "response_id": "resp-9",
         "usage_estimated": False,
-        "checkpointed": False,
+        "checkpointed": True,
+        "requested_model": None,
+        "method": "PUT",
+        "path": "/v1/x",
+        "upstream_status": 502,
+        "error_code": "code",
+        "stream_error": "upstream_timeout",
+        "ttfb_ms": 2.0,
+        "terminal_event": "response.incomplete",
+        "response_status": "incomplete",
+        "client_disconnected": True,
+        "interrupted": False,
     }
+    ex.provider, ex.interrupted, ex.outcome = None, True, None  # a model it does not serve
+    unserved = record_of(ex)
+    assert (unserved.model, unserved.requested_model, unserved.interrupted) == (None, "m", True)
+    assert unserved.end == "client_disconnected"
 
 
 def _sums(client: redis.Redis, user: str, day: str) -> dict[str, int]:
@@ -733,25 +764,27 @@ def _ledger(redis_url: str, log: _Log) -> Ledger:
     return Ledger(store, RedisKeys(), LedgerSettings(), log, metrics, batcher)
 
 
-def test_while_redis_is_away_the_queued_exchanges_become_records() -> None:
-    """An exchange holds more memory than its record, and the buffer's memory bound is counted
-    in records: while the writer waits to try Redis again (pauses of up to 5 s), it still
-    builds the records of requests that end, every 0.1 s."""
+def test_while_redis_is_away_the_queued_records_are_batched() -> None:
+    """A queued record holds more memory than what its batch keeps (its JSON and its share of
+    the sums), and the buffer's memory bound is counted in batched records: while the writer
+    waits to try Redis again (pauses of up to 5 s), it still batches the records of requests
+    that end, every 0.1 s."""
     port = free_port()  # nothing listens: every write fails at once
 
     async def run() -> None:
-        ledger = _ledger(f"redis://127.0.0.1:{port}/0", _Log())
+        log = _Log()
+        ledger = _ledger(f"redis://127.0.0.1:{port}/0", log)
         ledger.start()
-        ledger.queue(_exchange("away", "req-0"))
+        finish(_exchange("away", "req-0"), log, ledger)
         await asyncio.sleep(0.9)  # failed writes, then pauses of 0.2, 0.5 and now 1 s
         for i in range(1, 6):
-            ledger.queue(_exchange("away", f"req-{i}"))
+            finish(_exchange("away", f"req-{i}"), log, ledger)
         waited = 0.0
         while ledger._pending and waited < 0.5:  # well before the pause ends
             await asyncio.sleep(0.05)
             waited += 0.05
         assert ledger._pending == []
-        assert ledger.backlog == 6  # kept, as records
+        assert ledger.backlog == 6  # kept, batched
         await ledger.close(deadline=0.2)
 
     asyncio.run(run())
@@ -760,9 +793,9 @@ def test_while_redis_is_away_the_queued_exchanges_become_records() -> None:
 def test_a_record_that_cannot_be_built_or_encoded_is_dropped_and_named(
     redis_server: RedisServer,
 ) -> None:
-    """The writer builds each request's record from its exchange, off the request's path: a
-    record it cannot build or encode (a bug) is logged and counted as dropped, leaves its
-    batch's sums untouched, and the others of the same batch are written."""
+    """A record that cannot be built or encoded at the request's end, or summed by the writer
+    (a bug), is logged and counted as dropped without failing the request, leaves its batch's
+    sums untouched, and the others of the same batch are written."""
     user = f"unbuildable-{uuid.uuid4().hex[:8]}"
     broken = _exchange(user, "req-broken")
     broken.outcome = "not an outcome"  # type: ignore[assignment]  # what a bug could leave
@@ -775,8 +808,13 @@ def test_a_record_that_cannot_be_built_or_encoded_is_dropped_and_named(
         log = _Log()
         ledger = _ledger(redis_server.url, log)
         for ex in (broken, odd, uncounted, _exchange(user, "req-fine")):
-            ledger.queue(ex)
+            finish(ex, log, ledger)
         await ledger.close()
+        logged = [fields for event, fields in log.lines if event == "request"]
+        assert [json.loads(fields["_json"])["request_id"] for fields in logged] == [
+            "req-uncounted",
+            "req-fine",
+        ]
         dropped = {
             fields["request_id"]: fields["error"]
             for event, fields in log.lines
@@ -784,7 +822,7 @@ def test_a_record_that_cannot_be_built_or_encoded_is_dropped_and_named(
         }
         assert dropped == {
             "req-broken": "unbuildable",
-            "req-odd": "unencodable",
+            "req-odd": "unbuildable",
             "req-uncounted": "unencodable",
         }
         return ledger

@@ -139,7 +139,7 @@ def test_streams_arrive_byte_for_byte(
         assert line["stream"] is True
         assert line["ttft_ms"] is not None, name
         assert line["ttft_ms"] >= line["ttfb_ms"], name
-        assert line["client_disconnected"] is False
+        assert line.get("client_disconnected", False) is False
 
 
 def test_nothing_is_buffered(gateway: ServerProcess) -> None:
@@ -222,7 +222,7 @@ def test_upstream_dying_mid_stream_is_visible(mock_gateway: ServerProcess) -> No
     assert len(frames) == 6
     line = _log_for(mock_gateway, request_id)
     assert line["stream_error"] == "upstream_disconnected"
-    assert line["terminal_event"] is None
+    assert line.get("terminal_event") is None
 
 
 def test_upstream_silent_mid_stream_times_out_visibly(gateway: ServerProcess) -> None:
@@ -241,7 +241,8 @@ def test_upstream_silent_mid_stream_times_out_visibly(gateway: ServerProcess) ->
 
 
 def test_canonical_log_line(gateway: ServerProcess) -> None:
-    """One JSON line per request carries model, provider, status, usage, user and metadata."""
+    """One JSON line per request carries model, provider, status, usage, user and metadata
+    (a field at its default is left out)."""
     response = httpx.post(
         gateway.url + "/v1/responses",
         json={"model": "renamed", "input": "hi", "user": "u-42", "metadata": {"team": "qa"}},
@@ -259,10 +260,11 @@ def test_canonical_log_line(gateway: ServerProcess) -> None:
     assert line["metadata"] == {"team": "qa"}
     assert (line["input_tokens"], line["output_tokens"], line["total_tokens"]) == (3, 5, 8)
     assert line["latency_ms"] > 0
-    assert line["client_disconnected"] is False
+    assert line.get("client_disconnected", False) is False
     rejected = httpx.post(gateway.url + "/v1/responses", json={"model": "nope", "input": "x"})
     line = _log_for(gateway, rejected.headers["x-request-id"])
     assert (line["status"], line["error_code"]) == (404, "model_not_found")
+    assert (line.get("model"), line["requested_model"]) == (None, "nope")  # not a served model
 
 
 def test_upstream_dying_mid_frame_adds_nothing(gateway: ServerProcess, tmp_path: Path) -> None:
@@ -276,5 +278,5 @@ def test_upstream_dying_mid_frame_adds_nothing(gateway: ServerProcess, tmp_path:
     assert received == cut
     line = _log_for(gateway, request_id)
     assert line["stream_error"] == "upstream_disconnected"
-    assert line["terminal_event"] is None
+    assert line.get("terminal_event") is None
     assert line["ttft_ms"] is not None

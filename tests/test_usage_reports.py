@@ -18,7 +18,7 @@ import msgspec
 import pytest
 import redis
 
-from gateway.ledger import UsageRecord
+from gateway.record import UsageRecord
 from gateway.redis_keys import RedisKeys
 from gateway.reports import MEASURES, csv_header, csv_line, record_from_csv
 from tests.conftest import ADMIN_KEY, GatewayFactory, eventually

@@ -20,8 +20,8 @@ class Exchange:
     ended: float = 0.0
     """`perf_counter()` when its answer ended (0 while it runs)."""
     record_id: str = ""
-    """The id of its usage record (unique, unlike a client's request id), given when a stream
-    starts (its saves carry it); other records get theirs from the ledger's writer."""
+    """The id of its usage record (unique, unlike a client's request id), given at a stream's
+    first save (its saves carry it) or at the request's end, when the ledger keeps a record."""
     body_size: int = 0
     checkpointed: bool = False
     """A running stream's progress was saved (see ledger.py)."""

@@ -233,18 +233,25 @@ class Ledger:
         self._backlog += 1
 
     def lost(self, request_id: str, user: str | None) -> None:
-        """A request's record could not be built (a bug): count it and say whose it was."""
+        """A request's record could not be built (a bug, logged with the request's line): count
+        it and say whose it was."""
         self.dropped += 1
         self._metrics.ledger_dropped.inc()
-        self._log.exception(
+        self._log.error(
             "ledger_record_dropped", request_id=request_id, user=user, error="unbuildable"
         )
 
     def _take(self) -> None:
         """Batch the records queued since the last take, each batch next in this writer's
-        order; a record gets its id here unless it has one (a request's, an orphan's)."""
+        order (the last batch, if never sent and not full, takes more first: while Redis is
+        away this runs every 0.1 s); a record gets its id here unless it has one (a
+        request's, an orphan's)."""
         pending, self._pending = self._pending, []
-        batch = Batch()
+        closed = self._closed
+        if closed and not closed[-1].tried and len(closed[-1]) < self._per_batch:
+            batch = closed.pop()  # keeps its number: no later one exists, Redis never saw it
+        else:
+            batch = Batch()
         for record, line in pending:
             if record.checkpointed:
                 self._saves.pop(record.id, None)  # its end supersedes progress not yet saved
@@ -252,7 +259,7 @@ class Ledger:
                 record.id, line = self._ids.new(), None
             try:
                 batch.add(record, line)
-            except Exception:  # a bug (a record JSON cannot encode): drop it, say so, go on
+            except Exception:  # a bug (JSON cannot encode it, a token count is not a number)
                 self._backlog -= 1
                 self._drop(record, error="unencodable", exc_info=True)
                 continue
@@ -263,7 +270,8 @@ class Ledger:
             self._close(batch)
 
     def _close(self, batch: Batch) -> None:
-        batch.number = next(self._numbers)
+        if not batch.number:
+            batch.number = next(self._numbers)
         self._closed.append(batch)
 
     def _make_room(self) -> None:

@@ -25,12 +25,18 @@ _LEVELS = {
 
 def _encode(event: dict[str, Any], **_: Any) -> bytes:
     """The event as one JSON object; `_json`, fields encoded already as a JSON object (a
-    request's record, `record.py`), is spliced in after the event's own fields."""
+    request's record, `record.py`), is spliced in after the event's own fields, unchanged."""
     encoded: bytes | None = event.pop("_json", None)
+    if encoded is None:
+        return msgspec.json.encode(event)
+    if len(event) > len(_OWN):  # bound or context fields: merged, so no key is there twice
+        return msgspec.json.encode({**event, **msgspec.json.decode(encoded)})
     line = msgspec.json.encode(event)
-    if encoded is None or len(encoded) <= 2:  # nothing to add (b"{}")
-        return line
-    return line[:-1] + b"," + encoded[1:]
+    return line if len(encoded) <= 2 else line[:-1] + b"," + encoded[1:]
+
+
+_OWN = frozenset(("event", "level", "timestamp"))
+"""What the processors add to every event (`configure_logging`)."""
 
 
 def _decode_json(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

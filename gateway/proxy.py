@@ -332,11 +332,10 @@ def finish(ex: Exchange, log: Any, ledger: Ledger | None) -> None:
             ex.record_id = ledger.new_id()
         record = record_of(ex)
         line = encode(record)
-    except Exception:  # a bug: the answer is sent; say whose record is lost, never raise
+    except Exception:  # a bug: the answer is sent; log what is safe, count the loss, never raise
+        log.exception("request", request_id=ex.request_id, status=ex.status, error="record_failed")
         if ledger is not None:
             ledger.lost(ex.request_id, ex.caller)
-        else:
-            log.exception("request_record_failed", request_id=ex.request_id)
         return
     log.info("request", _json=line)
     if ledger is not None:

@@ -25,8 +25,6 @@ class UsageRecord(msgspec.Struct, omit_defaults=True, gc=False):
 
     Its fields are in the order `_record` passes them."""
 
-    id: str
-    """Unique per record (given when the ledger is on): the idempotency key of its write."""
     request_id: str
     time: float
     """Unix time the request arrived."""
@@ -35,6 +33,9 @@ class UsageRecord(msgspec.Struct, omit_defaults=True, gc=False):
     stream was cut by its replica's shutdown or death)."""
     status: int
     stream: bool
+    id: str = ""
+    """Unique per record, given when the ledger keeps one: the idempotency key of its write.
+    (Its default, the empty string, is a single object: omitted as a default should be.)"""
     user: str | None = None
     key_id: str | None = None
     team: str | None = None
@@ -127,12 +128,12 @@ def _record(ex: Exchange, end: str, latency_ms: float | None, usage: Usage) -> U
     served = ex.provider is not None
     # Positional: msgspec matches keyword arguments by name, ten times slower per record.
     return UsageRecord(
-        ex.record_id,
         ex.request_id,
         round(ex.arrived * 1000) / 1000,  # ms: faster than round(x, 3)
         end,
         ex.status,
         ex.stream,
+        ex.record_id,
         ex.caller,
         ex.key_id,
         ex.team,

@@ -25,7 +25,7 @@ from gateway.exchange import Exchange
 from gateway.ledger import Batch, Ledger, Packer
 from gateway.metrics import Metrics
 from gateway.proxy import finish
-from gateway.record import UsageRecord, encode, record_of
+from gateway.record import UsageRecord, encode, progress_of, record_of
 from gateway.redis_keys import RedisKeys
 from gateway.redis_store import RedisStore
 from gateway.script_batch import ScriptBatcher, evalsha
@@ -112,16 +112,17 @@ def test_one_record_per_request_whatever_its_end(
     rejected = next(r for r in records if r["end"] == "rejected")
     assert rejected["status"] == 429
     assert all(r["latency_ms"] >= 0 and r["key_id"].startswith("k") for r in records)
-    # Each record is its request's log line, byte for byte but structlog's own three fields:
+    # Each record is its request's log line, byte for byte after structlog's own three fields:
     # one JSON object, encoded once for both.
-    logged = {
-        line["id"]: line
-        for line in log_lines(ledgered)
-        if line["event"] == "request" and line.get("user") == user
-    }
-    for record in records:
-        line = logged[record["id"]]
-        assert {k: v for k, v in line.items() if k not in ("event", "level", "timestamp")} == record
+    output = ledgered.output().split("\n")
+    entries: Any = client.xrange(RedisKeys().ledger_stream())
+    mine = [fields["r"] for _, fields in entries if json.loads(fields["r"]).get("user") == user]
+    assert len(mine) == 7
+    for raw in mine:
+        [line] = [text for text in output if f'"id":"{json.loads(raw)["id"]}"' in text]
+        assert line.startswith('{"event":"request",')
+        assert line.endswith("," + raw[1:])
+        assert list(json.loads(line))[3:] == list(json.loads(raw))  # no key twice
 
 
 def test_daily_sums_equal_the_records(
@@ -159,7 +160,7 @@ def test_a_record_takes_each_field_from_its_own_source() -> None:
     )
     ex.method, ex.path, ex.upstream_status, ex.error_code = "PUT", "/v1/x", 502, "code"
     ex.stream_error, ex.terminal_event = "upstream_timeout", "response.incomplete"
-    ex.client_disconnected, ex.checkpointed = True, True
+    ex.client_disconnected, ex.checkpointed, ex.body_size = True, False, 400
     record = record_of(ex)
     assert msgspec.structs.asdict(record) == {
         "id": "rec-1",
@@ -185,7 +186,7 @@ def test_a_record_takes_each_field_from_its_own_source() -> None:
         "metadata": {"job": "x"},
         "response_id": "resp-9",
         "usage_estimated": False,
-        "checkpointed": True,
+        "checkpointed": False,
         "requested_model": None,
         "method": "PUT",
         "path": "/v1/x",
@@ -202,6 +203,10 @@ def test_a_record_takes_each_field_from_its_own_source() -> None:
     unserved = record_of(ex)
     assert (unserved.model, unserved.requested_model, unserved.interrupted) == (None, "m", True)
     assert unserved.end == "client_disconnected"
+    progress = progress_of(ex, 7, 100.003)
+    assert (ex.checkpointed, progress.checkpointed, progress.usage_estimated) == (True,) * 3
+    assert (progress.end, progress.ttft_ms, progress.ttfb_ms) == ("interrupted", 3.0, 2.0)
+    assert (progress.input_tokens, progress.output_tokens, progress.total_tokens) == (101, 7, 108)
 
 
 def _sums(client: redis.Redis, user: str, day: str) -> dict[str, int]:
@@ -810,10 +815,18 @@ def test_a_record_that_cannot_be_built_or_encoded_is_dropped_and_named(
         for ex in (broken, odd, uncounted, _exchange(user, "req-fine")):
             finish(ex, log, ledger)
         await ledger.close()
-        logged = [fields for event, fields in log.lines if event == "request"]
-        assert [json.loads(fields["_json"])["request_id"] for fields in logged] == [
-            "req-uncounted",
-            "req-fine",
+        # every request still has its log line: the record's, or what is safe to say
+        logged = [
+            (json.loads(fields["_json"])["request_id"], None) if "_json" in fields
+            else (fields["request_id"], fields["error"])
+            for event, fields in log.lines
+            if event == "request"
+        ]  # fmt: skip
+        assert logged == [
+            ("req-broken", "record_failed"),
+            ("req-odd", "record_failed"),
+            ("req-uncounted", None),
+            ("req-fine", None),
         ]
         dropped = {
             fields["request_id"]: fields["error"]

@@ -261,6 +261,7 @@ def test_canonical_log_line(gateway: ServerProcess) -> None:
     assert (line["input_tokens"], line["output_tokens"], line["total_tokens"]) == (3, 5, 8)
     assert line["latency_ms"] > 0
     assert line.get("client_disconnected", False) is False
+    assert ("method" in line, "path" in line) == (False, False)  # POST /v1/responses
     rejected = httpx.post(gateway.url + "/v1/responses", json={"model": "nope", "input": "x"})
     line = _log_for(gateway, rejected.headers["x-request-id"])
     assert (line["status"], line["error_code"]) == (404, "model_not_found")

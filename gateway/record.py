@@ -119,6 +119,7 @@ def progress_of(ex: Exchange, frames: int, first_token_at: float | None) -> Usag
     ex.checkpointed = True
     record = _record(ex, "interrupted", elapsed_ms(ex.started, time.perf_counter()), _NO_USAGE)
     record.ttft_ms = elapsed_ms(ex.started, first_token_at)
+    record.interrupted = True  # as it will be if it is ever written: its replica died
     _estimate(record, ex, frames)
     return record
 

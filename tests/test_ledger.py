@@ -205,6 +205,7 @@ def test_a_record_takes_each_field_from_its_own_source() -> None:
     assert unserved.end == "client_disconnected"
     progress = progress_of(ex, 7, 100.003)
     assert (ex.checkpointed, progress.checkpointed, progress.usage_estimated) == (True,) * 3
+    assert progress.interrupted is True
     assert (progress.end, progress.ttft_ms, progress.ttfb_ms) == ("interrupted", 3.0, 2.0)
     assert (progress.input_tokens, progress.output_tokens, progress.total_tokens) == (101, 7, 108)
 

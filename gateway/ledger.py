@@ -235,11 +235,7 @@ class Ledger:
     def lost(self, request_id: str, user: str | None) -> None:
         """A request's record could not be built (a bug, logged with the request's line): count
         it and say whose it was."""
-        self.dropped += 1
-        self._metrics.ledger_dropped.inc()
-        self._log.error(
-            "ledger_record_dropped", request_id=request_id, user=user, error="unbuildable"
-        )
+        self._dropped(request_id, user, error="unbuildable")
 
     def _take(self) -> None:
         """Batch the records queued since the last take, each batch next in this writer's
@@ -465,12 +461,9 @@ class Ledger:
                 self.queue(record)
 
     def _drop(self, record: UsageRecord, **why: Any) -> None:
+        self._dropped(record.request_id, record.user, total_tokens=record.total_tokens, **why)
+
+    def _dropped(self, request_id: str, user: str | None, **why: Any) -> None:
         self.dropped += 1
         self._metrics.ledger_dropped.inc()
-        self._log.error(
-            "ledger_record_dropped",
-            request_id=record.request_id,
-            user=record.user,
-            total_tokens=record.total_tokens,
-            **why,
-        )
+        self._log.error("ledger_record_dropped", request_id=request_id, user=user, **why)

@@ -104,7 +104,8 @@ def record_of(ex: Exchange) -> UsageRecord:
     """The record of a finished exchange."""
     outcome = ex.outcome
     usage = outcome.usage if outcome is not None else None
-    record = _record(ex, ex.end(), elapsed_ms(ex.started, ex.ended), usage or _NO_USAGE)
+    latency, ttft = elapsed_ms(ex.started, ex.ended), elapsed_ms(ex.started, ex.first_token_at)
+    record = _record(ex, ex.end(), latency, ttft, usage or _NO_USAGE)
     if usage is None and ex.partly_delivered:
         _estimate(record, ex, ex.output_estimate)
     return record
@@ -117,14 +118,16 @@ def progress_of(ex: Exchange, frames: int, first_token_at: float | None) -> Usag
     """A running stream's usage so far, as the record to write should its replica die; `ex`
     is marked as saved (its own record may then race the one written from the save)."""
     ex.checkpointed = True
-    record = _record(ex, "interrupted", elapsed_ms(ex.started, time.perf_counter()), _NO_USAGE)
-    record.ttft_ms = elapsed_ms(ex.started, first_token_at)
+    latency = elapsed_ms(ex.started, time.perf_counter())
+    record = _record(ex, "interrupted", latency, elapsed_ms(ex.started, first_token_at), _NO_USAGE)
     record.interrupted = True  # as it will be if it is ever written: its replica died
     _estimate(record, ex, frames)
     return record
 
 
-def _record(ex: Exchange, end: str, latency_ms: float | None, usage: Usage) -> UsageRecord:
+def _record(
+    ex: Exchange, end: str, latency_ms: float | None, ttft_ms: float | None, usage: Usage
+) -> UsageRecord:
     outcome = ex.outcome
     served = ex.provider is not None
     # Positional: msgspec matches keyword arguments by name, ten times slower per record.
@@ -147,7 +150,7 @@ def _record(ex: Exchange, end: str, latency_ms: float | None, usage: Usage) -> U
         usage.reasoning_tokens,
         usage.total_tokens,
         latency_ms,
-        elapsed_ms(ex.started, ex.first_token_at),
+        ttft_ms,
         ex.user,  # the request's own `user` field
         ex.metadata,
         outcome.response_id if outcome is not None else None,

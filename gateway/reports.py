@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from .record import UsageRecord
+from .record import UsageRecord, decode, encode
 from .redis_keys import RedisKeys
 from .redis_store import RedisStore
 
@@ -37,9 +37,6 @@ EXPORT_PAGE = 1000
 READ_CHUNK = 1000
 """Hashes read per round trip by a report."""
 EXPORT_FIELDS = tuple(UsageRecord.__struct_fields__)
-
-_record_decoder = msgspec.json.Decoder(UsageRecord)
-_record_encoder = msgspec.json.Encoder()
 
 
 def days(first: dt.date, last: dt.date) -> list[dt.date]:
@@ -159,7 +156,7 @@ class UsageReports:
                 read, "usage_export", seconds=REPORT_TIMEOUT, verdict=False
             )
             for _, fields in entries:
-                record = _record_decoder.decode(fields[b"r"])
+                record = decode(fields[b"r"])
                 if since <= record.time < until:
                     yield record
             if len(entries) < EXPORT_PAGE:
@@ -192,7 +189,7 @@ class _Period:
 
 def jsonl_line(record: UsageRecord) -> bytes:
     """One JSON object and a newline: the record as the ledger holds it."""
-    return _record_encoder.encode(record) + b"\n"
+    return encode(record) + b"\n"
 
 
 def csv_header() -> bytes:
@@ -208,7 +205,7 @@ def csv_line(record: UsageRecord) -> bytes:
         if value is None:
             values.append("")
         elif name in _JSON_FIELDS:
-            values.append(_record_encoder.encode(value).decode())
+            values.append(msgspec.json.encode(value).decode())
         else:
             values.append(_defuse(value))
     return _csv_row(values)

@@ -3,11 +3,12 @@
 `Ledger.queue` only appends the finished request's record and its JSON (encoded once, for its
 log line too: see `record.py`) to an in-memory queue: it runs at the end of every request. A
 background task takes the queue every 10 ms, adds each record to its user's sums, and writes
-the records in batches (`lua/ledger_append.lua`: the stream entries and the
-sums in one atomic step, exactly once: each batch is numbered in its writer's order and Redis
-skips numbers already applied). While Redis cannot take them, batches wait and are retried;
-the queue is bounded (`ledger.buffer_records`), and a record that must be dropped is logged.
-At shutdown the queue is written out before the process exits.
+the records in batches (`lua/ledger_append.lua`): a batch is one stream entry (its field `r`:
+the records' JSON, one a line), written with its sums in one atomic step, exactly once (each
+batch is numbered in its writer's order and Redis skips numbers already applied). While Redis
+cannot take them, batches wait and are retried; the queue is bounded
+(`ledger.buffer_records`), and a record that must be dropped is logged. At shutdown the queue
+is written out before the process exits.
 
 A replica killed mid-stream cannot write anything: so a stream that runs longer than 3/4 of
 `ledger.checkpoint_seconds` has its usage so far saved in Redis, then at that interval
@@ -118,7 +119,8 @@ class Packer:
         """A call's keys and arguments: `head` (`ledger_append.lua`'s ARGV[1..4]), then
         `batch`."""
         blob = b"\n".join(batch.lines)
-        keys, args = [self._head_keys], [pack((*head, batch.number, blob, len(batch.sums)))]
+        fixed = (*head, batch.number, blob, len(batch.sums), len(batch.lines))
+        keys, args = [self._head_keys], [pack(fixed)]
         groups = {}
         for group, (key, sums) in enumerate(batch.sums.items(), 1):
             groups[key] = group
@@ -129,7 +131,7 @@ class Packer:
             keys.append(pack((self._keys.ledger_seen(record.id),)))
             args.append(pack((index + 1, record.id, groups[key], *_tokens(record))))
         n_keys = 4 + 2 * len(batch.sums) + len(batch.saved)
-        n_args = 7 + 9 * len(batch.sums) + 8 * len(batch.saved)
+        n_args = 8 + 9 * len(batch.sums) + 8 * len(batch.saved)
         return Packed(n_keys, n_keys + n_args, b"".join(keys) + b"".join(args), self._route)
 
     def _group(self, key: tuple[float, str, str | None]) -> tuple[bytes, bytes]:

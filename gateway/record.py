@@ -91,7 +91,7 @@ _decoder = msgspec.json.Decoder(UsageRecord)
 
 
 def encode(record: UsageRecord) -> bytes:
-    """The record's JSON: the log line's fields and the ledger entry's `r` field."""
+    """The record's JSON: the log line's fields and a line of the ledger entry's `r` field."""
     return _encoder.encode(record)
 
 

@@ -15,7 +15,7 @@ key                                    type     holds
 ``gw:rl:{u:<user tag>}:<scope>:amt``   hash     their amounts, and their sum (``_sum``)
 ``gw:rl:{u:<user tag>}:<scope>:day``   hash     tokens used on the current UTC day
 ``gw:rl:{u:<user tag>}:<scope>:conc``  zset     concurrency slots, scored by lease expiry
-``gw:{ledger}:stream``                 stream   one usage record per request
+``gw:{ledger}:stream``                 stream   usage records: an entry per batch of them
 ``gw:{ledger}:applied``                hash     each writer's last applied batch number
 ``gw:{ledger}:seen:<record id>``       string   a saved stream's record, written (idempotency)
 ``gw:{ledger}:users:<YYYY-MM-DD>``     set      the users with records of the day

@@ -33,7 +33,9 @@ MAX_DAYS = 366
 """The longest range one report may cover."""
 REPORT_TIMEOUT = 10.0
 """Seconds a report may take in Redis: it reads up to a year of hashes, unlike the hot path."""
-EXPORT_PAGE = 1000
+EXPORT_PAGE = 64
+"""Stream entries read per round trip by the export: each is a batch of 1 to 256 records (at
+most ~10 MB a page)."""
 READ_CHUNK = 1000
 """Hashes read per round trip by a report."""
 EXPORT_FIELDS = tuple(UsageRecord.__struct_fields__)
@@ -143,7 +145,8 @@ class UsageReports:
     async def records(self, since: float, until: float) -> AsyncIterator[UsageRecord]:
         """Every record of a request that arrived in [`since`, `until`) (Unix times), oldest
         write first. A record is written after its request arrived, so the stream is read from
-        `since` on, to its end: a record written late (Redis was down) is not missed."""
+        `since` on, to its end: a record written late (Redis was down) is not missed. Each
+        entry is a batch: its `r` holds their JSON, one a line."""
         stream = self._keys.ledger_stream()
         start = f"{int(since * 1000)}-0"
         while True:
@@ -156,9 +159,10 @@ class UsageReports:
                 read, "usage_export", seconds=REPORT_TIMEOUT, verdict=False
             )
             for _, fields in entries:
-                record = decode(fields[b"r"])
-                if since <= record.time < until:
-                    yield record
+                for line in fields[b"r"].split(b"\n"):
+                    record = decode(line)
+                    if since <= record.time < until:
+                        yield record
             if len(entries) < EXPORT_PAGE:
                 return
             last = entries[-1][0].decode()

@@ -22,18 +22,19 @@ import pytest
 import redis
 
 from gateway.exchange import Exchange
-from gateway.ledger import Batch, Ledger, Packer
+from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.proxy import finish
 from gateway.record import UsageRecord, encode, progress_of, record_of
 from gateway.redis_keys import RedisKeys
 from gateway.redis_store import RedisStore
-from gateway.script_batch import ScriptBatcher, evalsha
+from gateway.script_batch import ScriptBatcher
 from gateway.settings import LedgerSettings, RedisSettings
 from gateway.usage import Outcome, Usage
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.streams import expected_usage, recorded_transcripts
 from tests.support.admin import create_key, keyed_config, mock_config
+from tests.support.ledger import append_batch, ledger_lines
 from tests.support.procs import ServerProcess, free_port
 from tests.support.redis_server import RedisServer
 
@@ -55,8 +56,7 @@ def ledgered(
 
 def _records(client: redis.Redis, user: str) -> list[dict[str, Any]]:
     """The ledger's records of `user` (a client with decoded responses)."""
-    entries: Any = client.xrange(RedisKeys().ledger_stream())
-    records = [json.loads(fields["r"]) for _, fields in entries]
+    records = [json.loads(line) for line in ledger_lines(client)]
     return [r for r in records if r.get("user") == user]
 
 
@@ -115,8 +115,7 @@ def test_one_record_per_request_whatever_its_end(
     # Each record is its request's log line, byte for byte after structlog's own three fields:
     # one JSON object, encoded once for both.
     output = ledgered.output().split("\n")
-    entries: Any = client.xrange(RedisKeys().ledger_stream())
-    mine = [fields["r"] for _, fields in entries if json.loads(fields["r"]).get("user") == user]
+    mine = [raw for raw in ledger_lines(client) if json.loads(raw).get("user") == user]
     assert len(mine) == 7
     for raw in mine:
         [line] = [text for text in output if f'"id":"{json.loads(raw)["id"]}"' in text]
@@ -217,31 +216,6 @@ def _sums(client: redis.Redis, user: str, day: str) -> dict[str, int]:
     return {k.split("\t")[2]: int(v) for k, v in month.items()}
 
 
-def _append(
-    client: redis.Redis,
-    writer: str,
-    number: int,
-    *records: UsageRecord,
-    retention_ms: int = 30 * 86_400_000,
-) -> Any:
-    """One call of ledger_append.lua, the very bytes the writer `writer` sends for its batch
-    `number` of `records`."""
-    sha = client.script_load(
-        (Path(__file__).resolve().parents[1] / "gateway" / "lua" / "ledger_append.lua").read_text()
-    )
-    batch = Batch()
-    for record in records:
-        batch.add(record)
-    batch.number = number
-    call = Packer(RedisKeys(), 30).call([86_400, retention_ms, 31 * 86_400, writer], batch)
-    connection = client.connection_pool.get_connection()
-    try:
-        connection.send_packed_command([evalsha(sha, call)])  # type: ignore[no-untyped-call]
-        return connection.read_response()
-    finally:
-        client.connection_pool.release(connection)
-
-
 def _record(user: str, **fields: Any) -> UsageRecord:
     base: dict[str, Any] = {
         "id": uuid.uuid4().hex,
@@ -262,10 +236,10 @@ def test_a_retried_write_counts_once(redis_server: RedisServer) -> None:
     user = f"once-{uuid.uuid4().hex[:8]}"
     first, second = _record(user, total_tokens=42), _record(user, total_tokens=8)
     writer = uuid.uuid4().hex
-    assert [_append(client, writer, 1, first) for _ in range(3)] == [1, 0, 0]
-    assert _append(client, writer, 2, second) == 1
-    assert _append(client, writer, 2, second) == 0
-    assert _append(client, writer, 1, first) == 0
+    assert [append_batch(client, writer, 1, first) for _ in range(3)] == [1, 0, 0]
+    assert append_batch(client, writer, 2, second) == 1
+    assert append_batch(client, writer, 2, second) == 0
+    assert append_batch(client, writer, 1, first) == 0
     assert len(_records(client, user)) == 2
     month = RedisKeys().ledger_user_month(user, first.day()[:7])
     assert client.hget(month, f"{first.day()}\tm\ttotal_tokens") == "50"
@@ -280,8 +254,8 @@ def test_a_saved_streams_record_is_written_once_by_any_writer(redis_server: Redi
     client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
     user = f"twice-{uuid.uuid4().hex[:8]}"
     record = _record(user, total_tokens=42, stream=True, checkpointed=True)
-    assert _append(client, uuid.uuid4().hex, 7, record) == 1
-    assert _append(client, uuid.uuid4().hex, 1, record) == 0
+    assert append_batch(client, uuid.uuid4().hex, 7, record) == 1
+    assert append_batch(client, uuid.uuid4().hex, 1, record) == 0
     assert len(_records(client, user)) == 1
     assert client.ttl(f"gw:{{ledger}}:seen:{record.id}") > 0
 
@@ -297,7 +271,7 @@ def test_a_batch_adds_each_user_models_sums_and_skips_records_written_elsewhere(
     ann, bob, cid = f"ann-{tag}", f"bob-{tag}", f"cid-{tag}"
     yesterday = time.time() - 86_400
     taken = _record(ann, model="m", total_tokens=1000, input_tokens=1000, checkpointed=True)
-    assert _append(client, uuid.uuid4().hex, 1, taken) == 1  # another replica was first
+    assert append_batch(client, uuid.uuid4().hex, 1, taken) == 1  # another replica was first
     records = [
         _record(ann, model="m", input_tokens=10, output_tokens=5, total_tokens=15),
         taken,
@@ -307,7 +281,7 @@ def test_a_batch_adds_each_user_models_sums_and_skips_records_written_elsewhere(
         _record(bob, model="m", input_tokens=4, total_tokens=4),
         _record(cid, model="n", output_tokens=9, total_tokens=9, checkpointed=True),
     ]
-    assert _append(client, uuid.uuid4().hex, 1, *records) == 6
+    assert append_batch(client, uuid.uuid4().hex, 1, *records) == 6
     written = [r["id"] for user in (ann, bob, cid) for r in _records(client, user)]
     assert sorted(written) == sorted(r.id for r in records)
     expected: dict[tuple[str, str, str], dict[str, int]] = {}
@@ -331,20 +305,20 @@ def test_a_batch_adds_each_user_models_sums_and_skips_records_written_elsewhere(
 
 
 def test_records_older_than_the_retention_are_trimmed(outage_redis: RedisServer) -> None:
-    """Entries older than `ledger.retention_days` leave the stream as whole nodes of it (MINID
-    ~: approximate, at most one node of 100 entries stays behind); newer ones all stay."""
+    """Entries (batches) older than `ledger.retention_days` leave the stream as whole nodes of
+    it (MINID ~: approximate, at most one node of 100 entries stays behind); newer ones all
+    stay."""
     client = redis.Redis(host="127.0.0.1", port=outage_redis.port, decode_responses=True)
     writer, user = uuid.uuid4().hex, f"old-{uuid.uuid4().hex[:8]}"
-    for number in range(1, 11):
-        _append(client, writer, number, *[_record(user) for _ in range(32)])
+    for number in range(1, 251):
+        append_batch(client, writer, number, _record(user))
     time.sleep(0.3)
     fresh = [_record(user) for _ in range(5)]
-    assert _append(client, writer, 11, *fresh, retention_ms=200) == 5
-    stream = RedisKeys().ledger_stream()
-    assert client.xlen(stream) <= 100 + 5  # of 325
-    entries: Any = client.xrange(stream)
-    kept = {json.loads(fields["r"])["id"] for _, fields in entries}
-    assert {record.id for record in fresh} <= kept
+    assert append_batch(client, writer, 251, *fresh, retention_ms=200) == 5
+    assert client.xlen(RedisKeys().ledger_stream()) <= 100 + 1  # of 251
+    kept = [json.loads(line)["id"] for line in ledger_lines(client)]
+    assert kept[-5:] == [record.id for record in fresh]
+    assert len(kept) <= 100 + 5
 
 
 @pytest.fixture
@@ -738,7 +712,7 @@ def test_a_save_that_runs_after_its_streams_record_leaves_nothing(
 
     assert save(keys=save_keys, args=[record.id, writer, progress]) == 1  # while it runs
     assert client.hexists(running[0], record.id)
-    assert _append(client, writer, 1, record) == 1  # its end: the save is removed
+    assert append_batch(client, writer, 1, record) == 1  # its end: the save is removed
     assert not client.hexists(running[0], record.id)
     assert save(keys=save_keys, args=[record.id, writer, progress]) == 0  # the late one
     assert not client.hexists(running[0], record.id)

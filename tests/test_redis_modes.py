@@ -19,6 +19,7 @@ import yaml
 
 from tests.conftest import GatewayFactory, eventually
 from tests.support.admin import create_key
+from tests.support.ledger import ledger_lines
 from tests.support.procs import ServerProcess, free_port, python_module
 
 USER, PASSWORD = "gateway", "modes-acl-pass-5d8a"
@@ -128,7 +129,7 @@ def test_mutual_tls_and_an_acl_user(
     admin: redis.Redis = tls_redis["admin"]
     clients = admin.client_list()
     assert any(c["user"] == USER for c in clients)
-    eventually(lambda: admin.xlen("gw:{ledger}:stream") >= 6)
+    eventually(lambda: len(ledger_lines(admin)) >= 6)
 
 
 def test_tls_without_the_client_certificate_is_not_ready(

@@ -19,6 +19,7 @@ import httpx
 
 from tests.conftest import GatewayFactory, log_lines
 from tests.support.admin import create_key, mock_config
+from tests.support.ledger import ledger_lines
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
 
@@ -36,8 +37,7 @@ def _gateway(
 
 
 def _records(redis_server: RedisServer, user: str) -> list[dict[str, Any]]:
-    entries: Any = redis_server.client().xrange("gw:{ledger}:stream")
-    records = [json.loads(fields["r"]) for _, fields in entries]
+    records = [json.loads(line) for line in ledger_lines(redis_server.client())]
     return [r for r in records if r.get("user") == user]
 
 

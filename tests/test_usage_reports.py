@@ -19,10 +19,10 @@ import pytest
 import redis
 
 from gateway.record import UsageRecord
-from gateway.redis_keys import RedisKeys
-from gateway.reports import MEASURES, csv_header, csv_line, record_from_csv
+from gateway.reports import EXPORT_PAGE, MEASURES, csv_header, csv_line, record_from_csv
 from tests.conftest import ADMIN_KEY, GatewayFactory, eventually
 from tests.support.admin import admin_client, create_key
+from tests.support.ledger import append_batch, ledger_lines
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
 
@@ -71,8 +71,7 @@ def _post(url: str, key: str, model: str, text: str) -> dict[str, Any]:
 
 
 def _records(client: redis.Redis, users: set[str]) -> list[UsageRecord]:
-    entries: Any = client.xrange(RedisKeys().ledger_stream())
-    found = [msgspec.json.decode(f["r"], type=UsageRecord) for _, f in entries]
+    found = [msgspec.json.decode(line, type=UsageRecord) for line in ledger_lines(client)]
     return [r for r in found if r.user in users]
 
 
@@ -259,6 +258,30 @@ def test_export_range_and_errors(reporting: ServerProcess, traffic: dict[str, An
     )
     assert no_key.returncode == 2
     assert b"GATEWAY_ADMIN_KEY" in no_key.stderr
+
+
+def test_export_reads_every_batch_across_pages(
+    reporting: ServerProcess, redis_server: RedisServer
+) -> None:
+    """Each stream entry is a batch; the export reads `EXPORT_PAGE` entries a round trip:
+    batches of 1 to 40 records over more than two pages all come out, in the order written,
+    and records outside the range stay out."""
+    client, writer = redis_server.client(), uuid.uuid4().hex
+    user, now = f"pages-{uuid.uuid4().hex[:6]}", time.time()
+    written: list[str] = []
+    for number in range(1, 2 * EXPORT_PAGE + 8):
+        batch = [
+            UsageRecord(f"req-{number}-{i}", now - (1000 if i == 2 else 0), "completed", 200,
+                        False, id=uuid.uuid4().hex, user=user, model="mock-gpt", input_tokens=i)
+            for i in range(number % 40 + 1)
+        ]  # fmt: skip
+        assert append_batch(client, writer, number, *batch) == len(batch)
+        written += [r.id for r in batch if r.time == now]
+    exported = _export(reporting.url, "--since", str(now - 60), "--until", str(now + 60))
+    assert exported.returncode == 0, exported.stderr
+    lines = [json.loads(line) for line in exported.stdout.decode().splitlines()]
+    assert [r["id"] for r in lines if r["user"] == user] == written
+    assert len(written) > 2 * EXPORT_PAGE
 
 
 def test_a_made_up_model_name_never_reaches_the_sums(

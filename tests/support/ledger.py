@@ -1,0 +1,51 @@
+"""Reading the usage ledger's stream as a consumer does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from gateway.ledger import Batch, Packer
+from gateway.record import UsageRecord
+from gateway.redis_keys import RedisKeys
+from gateway.script_batch import evalsha
+
+STREAM = "gw:{ledger}:stream"
+
+
+def ledger_lines(client: redis.Redis) -> list[Any]:
+    """Every record's JSON in the stream, oldest first: each entry is one batch, its field `r`
+    the batch's records, one a line (text or bytes, as `client` decodes)."""
+    entries: Any = client.xrange(STREAM)
+    lines: list[Any] = []
+    for _, fields in entries:
+        batch = fields["r"] if "r" in fields else fields[b"r"]
+        lines += batch.split("\n" if isinstance(batch, str) else b"\n")
+    return lines
+
+
+def append_batch(
+    client: redis.Redis,
+    writer: str,
+    number: int,
+    *records: UsageRecord,
+    retention_ms: int = 30 * 86_400_000,
+) -> Any:
+    """One call of ledger_append.lua, the very bytes the writer `writer` sends for its batch
+    `number` of `records`."""
+    sha = client.script_load(
+        (Path(__file__).resolve().parents[2] / "gateway" / "lua" / "ledger_append.lua").read_text()
+    )
+    batch = Batch()
+    for record in records:
+        batch.add(record)
+    batch.number = number
+    call = Packer(RedisKeys(), 30).call([86_400, retention_ms, 31 * 86_400, writer], batch)
+    connection = client.connection_pool.get_connection()
+    try:
+        connection.send_packed_command([evalsha(sha, call)])  # type: ignore[no-untyped-call]
+        return connection.read_response()
+    finally:
+        client.connection_pool.release(connection)

@@ -33,9 +33,11 @@ MAX_DAYS = 366
 """The longest range one report may cover."""
 REPORT_TIMEOUT = 10.0
 """Seconds a report may take in Redis: it reads up to a year of hashes, unlike the hot path."""
-EXPORT_PAGE = 64
-"""Stream entries read per round trip by the export: each is a batch of 1 to 256 records (at
-most ~10 MB a page)."""
+EXPORT_PAGE = 2048
+"""Records the export reads per round trip, about: a stream entry is a batch of 1 to 256, so a
+page asks for as many entries as hold that many at the largest batch size of the page before
+(8 to 128 entries: 2,048 to 32,768 records at most, ~1.3 to ~21 MB of typical records)."""
+PAGE_ENTRIES = (8, 128)
 READ_CHUNK = 1000
 """Hashes read per round trip by a report."""
 EXPORT_FIELDS = tuple(UsageRecord.__struct_fields__)
@@ -148,23 +150,27 @@ class UsageReports:
         `since` on, to its end: a record written late (Redis was down) is not missed. Each
         entry is a batch: its `r` holds their JSON, one a line."""
         stream = self._keys.ledger_stream()
-        start = f"{int(since * 1000)}-0"
+        start, count = f"{int(since * 1000)}-0", PAGE_ENTRIES[0]
         while True:
             page = start
 
-            async def read(r: Any, page: str = page) -> list[Any]:
-                return list(await r.xrange(stream, min=page, max="+", count=EXPORT_PAGE))
+            async def read(r: Any, page: str = page, count: int = count) -> list[Any]:
+                return list(await r.xrange(stream, min=page, max="+", count=count))
 
             entries = await self._store.call(
                 read, "usage_export", seconds=REPORT_TIMEOUT, verdict=False
             )
+            largest = 1
             for _, fields in entries:
-                for line in fields[b"r"].split(b"\n"):
+                lines = fields[b"r"].split(b"\n")
+                largest = max(largest, len(lines))
+                for line in lines:
                     record = decode(line)
                     if since <= record.time < until:
                         yield record
-            if len(entries) < EXPORT_PAGE:
+            if len(entries) < count:
                 return
+            count = min(max(EXPORT_PAGE // largest, PAGE_ENTRIES[0]), PAGE_ENTRIES[1])
             last = entries[-1][0].decode()
             start = "(" + last  # exclusive: the next page starts after the last entry
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from gateway.record import UsageRecord
-from gateway.reports import EXPORT_PAGE, MEASURES, csv_header, csv_line, record_from_csv
+from gateway.reports import MEASURES, PAGE_ENTRIES, csv_header, csv_line, record_from_csv
 from tests.conftest import ADMIN_KEY, GatewayFactory, eventually
 from tests.support.admin import admin_client, create_key
 from tests.support.ledger import append_batch, ledger_lines
@@ -263,17 +263,18 @@ def test_export_range_and_errors(reporting: ServerProcess, traffic: dict[str, An
 def test_export_reads_every_batch_across_pages(
     reporting: ServerProcess, redis_server: RedisServer
 ) -> None:
-    """Each stream entry is a batch; the export reads `EXPORT_PAGE` entries a round trip:
-    batches of 1 to 40 records over more than two pages all come out, in the order written,
-    and records outside the range stay out."""
+    """Each stream entry is a batch; the export reads 8 to 128 entries a round trip (fewer the
+    larger the batches): batches of 1 to 200 records over several pages all come out, in the
+    order written, and records outside the range (before and after) stay out."""
     client, writer = redis_server.client(), uuid.uuid4().hex
     user, now = f"pages-{uuid.uuid4().hex[:6]}", time.time()
     written: list[str] = []
-    for number in range(1, 2 * EXPORT_PAGE + 8):
+    sizes = [1] * 300 + [200] * 30 + [1, 40, 3] * 20  # pages of 128 entries, then of 10
+    for number, size in enumerate(sizes, 1):
         batch = [
-            UsageRecord(f"req-{number}-{i}", now - (1000 if i == 2 else 0), "completed", 200,
-                        False, id=uuid.uuid4().hex, user=user, model="mock-gpt", input_tokens=i)
-            for i in range(number % 40 + 1)
+            UsageRecord(f"req-{number}-{i}", now + {2: -1000, 3: 1000}.get(i, 0), "completed",
+                        200, False, id=uuid.uuid4().hex, user=user, model="mock-gpt")
+            for i in range(size)
         ]  # fmt: skip
         assert append_batch(client, writer, number, *batch) == len(batch)
         written += [r.id for r in batch if r.time == now]
@@ -281,7 +282,7 @@ def test_export_reads_every_batch_across_pages(
     assert exported.returncode == 0, exported.stderr
     lines = [json.loads(line) for line in exported.stdout.decode().splitlines()]
     assert [r["id"] for r in lines if r["user"] == user] == written
-    assert len(written) > 2 * EXPORT_PAGE
+    assert len(sizes) > 2 * PAGE_ENTRIES[1]
 
 
 def test_a_made_up_model_name_never_reaches_the_sums(

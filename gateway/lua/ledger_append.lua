@@ -32,7 +32,8 @@
 -- ARGV[9 + 9G + 8(s-1)..] saved record s: its line in ARGV[6] (from 1), id, group, input, cached
 --                    input, output, reasoning and total tokens
 --
--- Returns the number of records written (0: the batch had been already).
+-- Returns the number of records written (0: the batch had been already, or each of its records
+-- had: saved records another writer wrote first).
 
 local applied = tonumber(redis.call("HGET", KEYS[4], ARGV[4]) or "0")
 local number = tonumber(ARGV[5])

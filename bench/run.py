@@ -321,6 +321,9 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s for latency")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="of the rounds' orders (the same from run to run)"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench needs wrk: apt-get install wrk")
@@ -353,7 +356,7 @@ def main() -> None:
     ):
         key = asyncio.run(_issue_key(gateways["keyed"].url))
         targets = {"direct": None, "open": None, "keyed": key, "no-ledger": key, "twin": key}
-        order = random.Random(1)  # a new order each round, the same from run to run
+        order = random.Random(args.seed)  # a new order each round, the same from run to run
         print(
             f"wrk: {args.connections} connections, {args.duration}s x {args.rounds} rounds; "
             f"latency at {args.rate:.0f} requests/s, 5 s x {args.latency_rounds}; "

@@ -17,6 +17,10 @@ else to core 1 when `taskset` exists. Then for each case:
 - added latency: a fixed-rate client (200 requests/s, 5 s) measures p50/p99 directly and
   through each gateway, `--latency-rounds` times, likewise; the median of the per-round
   differences is what the gateway adds.
+- the ledger at saturation: `keyed`, `no-ledger` and `twin` alone, `--ledger-rounds` more
+  rounds, their orders counterbalanced (every order of the three as often, in a seeded
+  shuffle): five rounds among all five targets cannot tell a 2-3% cost from the order the
+  targets ran in; the ledger's lines compare all the rounds, these and the throughput's;
 - latency at load: `keyed`, `no-ledger` and `twin` at about 70% of no-ledger's throughput
   (the CPU share the autoscaler keeps replicas at; the share reached is printed), 64 wrk
   connections each pausing at random between requests, `--load-rounds` times in a new order
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import re
@@ -289,6 +294,16 @@ def gateway_configs(static_port: int, live_port: int, redis_url: str) -> dict[st
     }
 
 
+def _counterbalanced(
+    names: tuple[str, ...], rounds: int, rng: random.Random
+) -> list[tuple[str, ...]]:
+    """`rounds` orders of `names`: each of their orders in turn (in a shuffle of them), so that
+    no target runs first, or after another, more often than the others."""
+    orders = list(itertools.permutations(names))
+    rng.shuffle(orders)
+    return [orders[i % len(orders)] for i in range(rounds)]
+
+
 def _versus(
     name: str,
     base: str,
@@ -323,6 +338,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s for latency")
     parser.add_argument(
         "--seed", type=int, default=1, help="of the rounds' orders (the same from run to run)"
+    )
+    parser.add_argument(
+        "--ledger-rounds",
+        type=int,
+        default=12,
+        help="more wrk runs of the ledger's targets alone, their orders counterbalanced",
     )
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -382,6 +403,17 @@ def main() -> None:
                     if proc:  # the gateway's own CPU per request: what the ledger costs it
                         used = _cpu_seconds(proc.pid) - before
                         cpu[name].append(used / (rate * args.duration) * 1e6)
+            ledger_rps = {name: list(rps[name]) for name in LEDGER_TARGETS}
+            ledger_cpu = {name: list(cpu[name]) for name in LEDGER_TARGETS}
+            for names in _counterbalanced(LEDGER_TARGETS, args.ledger_rounds, order):
+                for name in names:
+                    started = gateways[name].proc
+                    assert started is not None
+                    before = _cpu_seconds(started.pid)
+                    rate = _wrk(urls[name], body, args.duration, args.connections, key)
+                    ledger_rps[name].append(rate)
+                    used = _cpu_seconds(started.pid) - before
+                    ledger_cpu[name].append(used / (rate * args.duration) * 1e6)
             time.sleep(2)  # let the last wrk run's abandoned connections drain first
             lat: dict[str, list[list[float]]] = {name: [] for name in targets}
             for _ in range(args.latency_rounds):  # in a new order each round, likewise
@@ -390,7 +422,7 @@ def main() -> None:
                         asyncio.run(_latencies(urls[name], body, args.rate, 5, targets[name]))
                     )
             loaded = _loaded(urls, body, key, rps, args, order)
-            rows.append((label, rps, cpu, lat, loaded))
+            rows.append((label, rps, cpu, lat, loaded, ledger_rps, ledger_cpu))
             print(f"  {label}: done", flush=True)
         trips = _round_trips(gateways["keyed"], _body("bench-static", False), key, store.client())
     store.stop()
@@ -399,7 +431,7 @@ def main() -> None:
         f"{'':27}{'target':>10}{'req/s':>10}{'vs direct':>11}"
         f"{'added p50 ms':>14}{'added p99 ms':>14}{'CPU us/req':>12}"
     )
-    for label, rps, cpu, lat, loaded in rows:
+    for label, rps, cpu, lat, loaded, ledger_rps, ledger_cpu in rows:
         direct_rps = statistics.median(rps["direct"])
         for name in targets:
             med = statistics.median(rps[name])
@@ -415,8 +447,13 @@ def main() -> None:
                 f"{med / direct_rps:11.2f}{added}"
             )
             print(f"{'':37}  runs: {[round(x) for x in rps[name]]}")
-        print(f"{'':27}ledger on/off:  {_versus('keyed', 'no-ledger', rps, cpu, lat)}")
-        print(f"{'':27}twin/no-ledger: {_versus('twin', 'no-ledger', rps, cpu, lat)}")
+        rounds = len(ledger_rps["keyed"])
+        print(
+            f"{'':27}ledger at saturation, {rounds} rounds ({args.rounds} above + "
+            f"{rounds - args.rounds} counterbalanced); latency at 200 requests/s:"
+        )
+        for name, what in (("keyed", "ledger on/off: "), ("twin", "twin/no-ledger:")):
+            print(f"{'':27}{what} {_versus(name, 'no-ledger', ledger_rps, ledger_cpu, lat)}")
         print(_loaded_versus(loaded, statistics.median(rps["no-ledger"])))
     print(f"\nRedis commands per request (keyed, non-streaming): {trips}")
 

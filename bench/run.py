@@ -294,6 +294,25 @@ def gateway_configs(static_port: int, live_port: int, redis_url: str) -> dict[st
     }
 
 
+def _saturate(
+    url: str,
+    body: str,
+    key: str | None,
+    server: ServerProcess | None,
+    args: argparse.Namespace,
+    rps: list[float],
+    cpu: list[float],
+) -> None:
+    """One wrk run against `url`: its requests/s into `rps` and, for a gateway (`server`), its
+    own CPU time per request into `cpu` (what the ledger costs it)."""
+    proc = server.proc if server is not None else None
+    before = _cpu_seconds(proc.pid) if proc else 0.0
+    rate = _wrk(url, body, args.duration, args.connections, key)
+    rps.append(rate)
+    if proc:
+        cpu.append((_cpu_seconds(proc.pid) - before) / (rate * args.duration) * 1e6)
+
+
 def _counterbalanced(
     names: tuple[str, ...], rounds: int, rng: random.Random
 ) -> list[tuple[str, ...]]:
@@ -395,25 +414,16 @@ def main() -> None:
             cpu: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for name in order.sample(list(targets), len(targets)):
-                    secret = targets[name]
-                    proc = gateways[name].proc if name in gateways else None
-                    before = _cpu_seconds(proc.pid) if proc else 0.0
-                    rate = _wrk(urls[name], body, args.duration, args.connections, secret)
-                    rps[name].append(rate)
-                    if proc:  # the gateway's own CPU per request: what the ledger costs it
-                        used = _cpu_seconds(proc.pid) - before
-                        cpu[name].append(used / (rate * args.duration) * 1e6)
+                    server = gateways.get(name)
+                    _saturate(urls[name], body, targets[name], server, args, rps[name], cpu[name])
             ledger_rps = {name: list(rps[name]) for name in LEDGER_TARGETS}
             ledger_cpu = {name: list(cpu[name]) for name in LEDGER_TARGETS}
             for names in _counterbalanced(LEDGER_TARGETS, args.ledger_rounds, order):
                 for name in names:
-                    started = gateways[name].proc
-                    assert started is not None
-                    before = _cpu_seconds(started.pid)
-                    rate = _wrk(urls[name], body, args.duration, args.connections, key)
-                    ledger_rps[name].append(rate)
-                    used = _cpu_seconds(started.pid) - before
-                    ledger_cpu[name].append(used / (rate * args.duration) * 1e6)
+                    server = gateways[name]
+                    _saturate(
+                        urls[name], body, key, server, args, ledger_rps[name], ledger_cpu[name]
+                    )
             time.sleep(2)  # let the last wrk run's abandoned connections drain first
             lat: dict[str, list[list[float]]] = {name: [] for name in targets}
             for _ in range(args.latency_rounds):  # in a new order each round, likewise

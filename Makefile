@@ -8,13 +8,25 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test lint check bench clean redis-server
+.PHONY: run test lint check bench clean redis-server promtool
 
 # Installs Debian's redis-server when it is missing (as root with apt-get), else says what to do.
 redis-server:
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
 	  >/dev/null; } || { echo "this needs redis-server (apt-get install redis-server)"; exit 1; }
+
+# promtool (Prometheus's rule checker: tests/test_deploy.py runs the alerts' unit tests with it),
+# when missing: taken out of Debian's prometheus package into the virtualenv (as root with
+# apt-get; installing the package would also install a Prometheus server), else says what to do.
+promtool: $(STAMP)
+	@command -v promtool >/dev/null || [ -x $(BIN)/promtool ] || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null && tmp=$$(mktemp -d) && chmod 777 $$tmp \
+	  && apt-get update -qq && (cd $$tmp && apt-get download -qq prometheus >/dev/null) \
+	  && dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -xO ./usr/bin/promtool \
+	  > $(BIN)/promtool.part && chmod +x $(BIN)/promtool.part \
+	  && mv $(BIN)/promtool.part $(BIN)/promtool && rm -rf $$tmp; } \
+	  || { echo "the tests need promtool (apt-get install prometheus)"; exit 1; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 ## test: lint, then the whole test suite
-test: lint redis-server
+test: lint redis-server promtool
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## bench: the gateway against a direct call to the same upstream, side by side (installs wrk as root)

@@ -30,5 +30,5 @@ async def readyz(runtime: Runtime) -> Response[dict[str, Any]]:
 @get("/metrics", include_in_schema=False)
 async def metrics(runtime: Runtime) -> Response[bytes]:
     """Prometheus text exposition: every worker's values when there are several."""
-    runtime.refresh_gauges()
+    await runtime.refresh_gauges()
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)

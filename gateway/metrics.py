@@ -142,6 +142,20 @@ class Metrics:
             "Redis); each is also logged.", registry=r,
         )  # fmt: skip
 
+        # Read from Redis at each scrape (`Runtime.refresh_gauges`): what to alert on before
+        # a full Redis refuses writes (see deploy/base/prometheusrule.yaml).
+        self.redis_memory_used = Gauge(
+            "gateway_redis_memory_used_bytes", "Memory the Redis node holding the usage "
+            "ledger uses (INFO used_memory), as of the last scrape that could read it.",
+            registry=r, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
+        self.redis_memory_max = Gauge(
+            "gateway_redis_memory_max_bytes", "That node's maxmemory (0: no limit). When "
+            "used memory reaches it, a Redis with maxmemory-policy noeviction refuses writes: "
+            "quota checks fail (redis.on_failure decides) and usage records wait, then drop.",
+            registry=r, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
+
     def observe(self, ex: Exchange, ended: float) -> None:
         """Count one finished request; `ended`: `perf_counter()` when its answer ended."""
         routed = ex.provider is not None  # a configured model: a bounded set of labels

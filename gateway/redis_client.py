@@ -143,6 +143,17 @@ async def connection(pool: Any) -> AsyncIterator[Connection]:
             await pool.release(conn)
 
 
+async def memory(client: Client, key: str) -> tuple[int, int]:
+    """``used_memory`` and ``maxmemory`` (0: no limit) of the node that serves `key`, from its
+    ``INFO memory``."""
+    async with connection(pool_of(client, key)) as conn:
+        await conn.send_command("INFO", "memory", check_health=False)
+        reply = await conn.read_response()
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return int(fields["used_memory"]), int(fields["maxmemory"])
+
+
 async def close(client: Client) -> None:
     """Close the client's connections, and in sentinel mode those to the Sentinels."""
     await client.aclose()

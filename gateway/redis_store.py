@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisClusterException, RedisError
 
 from .metrics import Metrics
-from .redis_client import Client, close, connect, ready
+from .redis_client import Client, close, connect, memory, ready
 from .settings import RedisSettings
 
 T = TypeVar("T")
@@ -172,6 +172,11 @@ class RedisStore:
         except RedisUnavailable:
             return False
         return True
+
+    async def memory(self, key: str) -> tuple[int, int]:
+        """Memory used and ``maxmemory`` (0: no limit) of the node that holds `key`, in bytes;
+        a failure is not held against Redis's health (a scrape asked, not a request)."""
+        return await self.call(lambda r: memory(r, key), "info_memory", verdict=False)
 
     async def close(self) -> None:
         await close(self.client)

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from litestar import Litestar
 from litestar.types import Receive, Scope, Send
+from redis.exceptions import NoPermissionError
 
 from .apikeys import KeyHasher, KeyStore
 from .auth import Authenticator
@@ -24,7 +25,7 @@ from .limits import Limiter
 from .metrics import Metrics
 from .proxy import ResponsesEndpoint
 from .redis_keys import RedisKeys
-from .redis_store import RedisStore
+from .redis_store import RedisStore, RedisUnavailable
 from .request_ids import RequestIds
 from .routing import Router
 from .script_batch import ScriptBatcher
@@ -60,6 +61,8 @@ class Runtime:
         self._embedded: list[Any] = []
         self._redis_server: EmbeddedRedis | None = None
         self._renewing: asyncio.Task[None] | None = None
+        self._memory_readable = True
+        """False once Redis refused INFO to this gateway's user (an ACL without +info)."""
 
     @property
     def fail_open(self) -> bool:
@@ -180,10 +183,23 @@ class Runtime:
         }
         return report
 
-    def refresh_gauges(self) -> None:
-        """Set the gauges only a scrape needs to be exact (this worker's share)."""
+    async def refresh_gauges(self) -> None:
+        """Set the gauges only a scrape needs: this worker's backlog, and Redis's memory (left
+        as last read when Redis cannot say; the failed call is counted in
+        `gateway_redis_errors`; never asked again once the ACL refused it)."""
         if self.ledger is not None:
             self.metrics.ledger_backlog.set(self.ledger.backlog)
+        if self.store is None or not self._memory_readable:
+            return
+        try:
+            used, limit = await self.store.memory(self.redis_keys.ledger_stream())
+        except RedisUnavailable as exc:
+            if isinstance(exc.__cause__, NoPermissionError):  # asking again changes nothing
+                self._memory_readable = False
+                self.log.warning("redis_memory_unreadable", hint="allow INFO: ACL rule +info")
+            return
+        self.metrics.redis_memory_used.set(used)
+        self.metrics.redis_memory_max.set(limit)
 
     @property
     def policy_uses(self) -> int:

@@ -25,7 +25,9 @@ import pytest
 import trustme
 import yaml
 
+from gateway.metrics import Metrics
 from gateway.settings import Settings, load_settings
+from tests.support.redis_server import GATEWAY_ACL
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -35,7 +37,7 @@ OVERLAYS = ("overlays/dev", "overlays/prod")
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 """The oldest Kubernetes these manifests support (the preStop `sleep` action is on by default
 from 1.30) and the newest whose schemas kubernetes-validate ships."""
-CRDS = {"monitoring.coreos.com/v1": {"ServiceMonitor"}}
+CRDS = {"monitoring.coreos.com/v1": {"ServiceMonitor", "PrometheusRule"}}
 """Kinds that come from CustomResourceDefinitions: no schema in kubernetes-validate; each is
 checked by hand below."""
 
@@ -207,6 +209,7 @@ EXPECTED_KINDS = {
     "base": {
         "ServiceAccount", "Secret", "ConfigMap", "Deployment", "Service",
         "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor",
+        "PrometheusRule",
     },
     "overlays/dev": {
         "Namespace", "ServiceAccount", "Secret", "ConfigMap", "Deployment", "Service",
@@ -215,6 +218,7 @@ EXPECTED_KINDS = {
     "overlays/prod": {
         "Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service",
         "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor",
+        "PrometheusRule",
     },
 }  # fmt: skip
 
@@ -245,7 +249,7 @@ def test_every_object_matches_the_kubernetes_schema(target: str, version: str) -
     checked = 0
     for o in _render(target):
         if o["kind"] in CRDS.get(o["apiVersion"], set()):
-            continue  # test_service_monitor
+            continue  # test_service_monitor, test_prometheus_rule_*
         where = f"{target}: {o['kind']}/{o['metadata']['name']}"
         try:
             kubernetes_validate.validate(o, version, strict=True)
@@ -285,6 +289,77 @@ def test_service_monitor() -> None:
         for field in ("interval", "scrapeTimeout"):
             assert re.fullmatch(r"\d+[smh]", endpoint[field]), f"{field}: {endpoint[field]}"
         assert _raw_config(objects)["metrics"]["enabled"] is True
+
+
+ALERT_RULE = {"alert", "expr", "for", "labels", "annotations"}
+SCRAPE_LABELS = {"namespace", "job", "pod", "instance", "service", "endpoint", "container"}
+"""Labels the Prometheus Operator gives every series it scrapes through the ServiceMonitor."""
+
+
+def _alert_rules() -> dict[str, Obj]:
+    """The PrometheusRule's alerts by name; the same object in base and prod."""
+    rules = [_one(_render(t), "PrometheusRule", GATEWAY) for t in ("base", "overlays/prod")]
+    assert rules[0]["spec"] == rules[1]["spec"]
+    found = [r for group in rules[0]["spec"]["groups"] for r in group["rules"]]
+    return {r["alert"]: r for r in found}
+
+
+def _exported() -> dict[str, set[str]]:
+    """Every series name the gateway's metrics can expose, with the labels of each."""
+    names: dict[str, set[str]] = {}
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    collectors: list[Any] = list(Metrics().registry._collector_to_names)  # no public list
+    for collector in collectors:
+        labels = set(collector._labelnames)
+        for family in collector.describe():
+            for suffix in suffixes[family.type]:
+                names[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return names
+
+
+def test_prometheus_rule_is_well_formed_and_reads_only_exported_metrics() -> None:
+    """The PrometheusRule's CRD has no schema here: its structure is checked by hand; every
+    series an alert reads is one the gateway exports, by the labels it has (a renamed metric or
+    label would silence an alert for good)."""
+    exported = _exported()
+    alerts = _alert_rules()
+    assert len(alerts) >= 8
+    for name, rule in alerts.items():
+        assert set(rule) <= ALERT_RULE, f"{name}: unknown fields {set(rule) - ALERT_RULE}"
+        assert re.fullmatch(r"LLMGateway[A-Za-z]+", name)
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert {"summary", "description"} <= set(rule["annotations"]), name
+        if "for" in rule:
+            assert re.fullmatch(r"\d+[smh]", rule["for"]), f"{name}: for {rule['for']}"
+        grouped = set()
+        for by in re.findall(r"\bby\s*\(([^)]*)\)", rule["expr"]):
+            grouped |= {label.strip() for label in by.split(",")}
+        expr = re.sub(r"\bby\s*\([^)]*\)", "", rule["expr"])  # what is left names series
+        selectors = re.findall(r"\b([a-z_:][a-z0-9_:]*)\s*(\{[^}]*\})?\s*(?:\[|\)|/|>|$)", expr)
+        series = {(n, sel) for n, sel in selectors if n.startswith(("gateway_", "gen_ai_"))}
+        assert series, f"{name} reads none of the gateway's metrics: {expr}"
+        for metric, selector in series:
+            assert metric in exported, f"{name}: {metric} is not a metric the gateway exports"
+            known = exported[metric] | SCRAPE_LABELS
+            used = set(re.findall(r"([a-z_]+)\s*=~?", selector)) | grouped
+            assert used <= known, f"{name}: {metric} has no label {used - known}"
+
+
+def test_prometheus_rule_alerts_fire_when_they_should(tmp_path: Path) -> None:
+    """promtool (Prometheus's own rule checker) checks the rules, then runs the unit tests of
+    tests/alerts/rules_test.yaml on them: each alert fires on the series it is for, with its
+    labels and text, and stays silent on ordinary ones."""
+    spec = _one(_render("base"), "PrometheusRule", GATEWAY)["spec"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    shutil.copy(ROOT / "tests" / "alerts" / "rules_test.yaml", tmp_path / "rules_test.yaml")
+    promtool = _tool("promtool")
+    for command in (["check", "rules", "rules.yaml"], ["test", "rules", "rules_test.yaml"]):
+        result = subprocess.run(  # noqa: S603  # promtool with fixed arguments
+            [promtool, *command], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, f"promtool {' '.join(command)}:\n{result.stdout}"
+    tested = set(re.findall(r"alertname: (\w+)", (tmp_path / "rules_test.yaml").read_text()))
+    assert tested == set(_alert_rules()), "every alert has a unit test, and only those"
 
 
 # --- pods ----------------------------------------------------------------------------------
@@ -743,3 +818,6 @@ def test_readme_says_how_to_deploy() -> None:
         "kubectl apply -k deploy/overlays/prod",
     ):
         assert command in section[1]
+    # the Redis ACL it recommends is the one the tests' Redis servers give the gateway's user
+    flowing = " ".join(section[1].split())
+    assert f"ACL SETUSER llm-gateway on >PASSWORD {' '.join(GATEWAY_ACL)}`" in flowing

@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import GatewayFactory, eventually
+from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import create_key, mock_config
 from tests.support.procs import ServerProcess
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import GATEWAY_ACL, RedisServer
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 _FAMILY = "#family"
@@ -229,5 +229,65 @@ def test_redis_errors_and_policy_decisions_are_counted(
         assert served_quota == 4  # each request went without its quota check
         assert _value(s, decisions, subsystem="auth", decision="served") >= 1  # stale cache
         assert _value(s, decisions, decision="refused") == 0
+    finally:
+        redis.stop()
+
+
+def test_redis_memory_is_read_at_each_scrape(
+    gateway_factory: GatewayFactory, mock_upstream: ServerProcess, tmp_path: Path
+) -> None:
+    """The memory of the Redis that holds the ledger, and its maxmemory, as Redis says them at
+    the time of the scrape (two workers: whichever answers); a Redis gone leaves the scrape
+    working and counts the failed read."""
+    (tmp_path / "redis-data").mkdir()
+    redis = RedisServer(tmp_path / "redis-data").start()
+    try:
+        client = redis.client()
+        client.config_set("maxmemory", 300 * 2**20)
+        gateway = gateway_factory(
+            _config(redis.url, mock_upstream.url, tmp_path / "m", "fail_open")
+        )
+        for limit in (300 * 2**20, 123 * 2**20, 0):
+            client.config_set("maxmemory", limit)
+            for _ in range(3):
+                s = _scrape(gateway.url)
+                assert _value(s, "gateway_redis_memory_max_bytes") == limit
+                used = _value(s, "gateway_redis_memory_used_bytes")
+                actual = int(client.info("memory")["used_memory"])
+                assert abs(used - actual) < 2**20, (used, actual)  # used_memory moves a little
+        client.close()
+        redis.stop()
+        s = _scrape(gateway.url)  # still answers, with the last figures read
+        assert _value(s, "gateway_redis_memory_max_bytes") == 0
+        assert _value(s, "gateway_redis_errors_total", operation="info_memory") >= 1
+    finally:
+        redis.stop()
+
+
+def test_an_acl_without_info_is_said_once_and_not_asked_again(
+    gateway_factory: GatewayFactory,
+    mock_upstream: ServerProcess,
+    secrets_seen: list[str],
+    tmp_path: Path,
+) -> None:
+    """A Redis user the ACL refuses INFO: the scrapes still answer, without the memory
+    gauges; one warning says how to allow it, and Redis is not asked again."""
+    (tmp_path / "redis-data").mkdir()
+    redis = RedisServer(tmp_path / "redis-data").start()
+    try:
+        rules = [r for r in GATEWAY_ACL if r != "+info"]
+        redis.client().execute_command("ACL", "SETUSER", "noinfo", "on", ">noinfo-pass", *rules)  # type: ignore[no-untyped-call]
+        config = _config(redis.url, mock_upstream.url, tmp_path / "m", "fail_closed")
+        config["server"]["workers"] = 1
+        config["redis"] |= {"username": "noinfo", "password": "noinfo-pass"}
+        gateway = gateway_factory(config)
+        _, key = create_key(gateway.url, secrets_seen, user=f"noinfo-{uuid.uuid4().hex[:8]}")
+        assert _post(gateway.url, key, {"model": "mock-gpt", "input": "hi"}).status_code == 200
+        for _ in range(3):
+            s = _scrape(gateway.url)
+            assert _sum(s, "gateway_redis_memory_max_bytes", {}) == 0
+            assert _value(s, "gateway_redis_errors_total", operation="info_memory") == 1
+        events = [line["event"] for line in log_lines(gateway)]
+        assert events.count("redis_memory_unreadable") == 1
     finally:
         redis.stop()

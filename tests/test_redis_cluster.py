@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.redis_keys import RedisKeys
 from tests.conftest import GatewayFactory, eventually, log_lines
@@ -181,6 +182,33 @@ def test_streams_settle_to_real_usage_and_reach_the_ledger(
     mine = [json.loads(line) for line in records.text.splitlines() if user in line]
     assert sorted(r["total_tokens"] for r in mine) == sorted(totals)
     assert all(r["stream"] and r["end"] == "completed" for r in mine)
+
+
+def test_metrics_read_the_memory_of_the_ledgers_node(
+    cluster: RedisClusterNodes, replicas: list[ServerProcess]
+) -> None:
+    """`/metrics` reads `INFO memory` from the node holding the ledger stream (the one the
+    ledger grows), through the ACL user; each node is given its own maxmemory here."""
+    stream = RedisKeys().ledger_stream()
+    ledger_port = int(cluster.client().get_node_from_key(stream).port)  # type: ignore[no-untyped-call]
+    limits = {port: (300 + i) * 2**20 for i, port in enumerate(cluster.ports)}
+    try:
+        for port, limit in limits.items():
+            cluster.node(port).config_set("maxmemory", limit)
+        for replica in replicas:
+            text = httpx.get(f"{replica.url}/metrics", timeout=10).text
+            found = {
+                s.name: s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name.startswith("gateway_redis_memory_")
+            }
+            assert found["gateway_redis_memory_max_bytes"] == limits[ledger_port]
+            used = int(cluster.node(ledger_port).info("memory")["used_memory"])
+            assert abs(found["gateway_redis_memory_used_bytes"] - used) < 2**20
+    finally:
+        for port in cluster.ports:
+            cluster.node(port).config_set("maxmemory", 0)
 
 
 def test_slots_and_revocation_across_replicas(

@@ -21,8 +21,11 @@ from tests.conftest import GatewayFactory, eventually
 from tests.support.admin import create_key
 from tests.support.ledger import ledger_lines
 from tests.support.procs import ServerProcess, free_port, python_module
+from tests.support.redis_server import GATEWAY_ACL
 
 USER, PASSWORD = "gateway", "modes-acl-pass-5d8a"
+REPLICATION_USER, REPLICATION_PASSWORD = "replication", "modes-repl-pass-c41e"
+"""Replicas and the Sentinel log in as this user: they need what the gateway's user may not."""
 ADMIN_PASSWORD = "modes-admin-pass-2b7c"
 
 
@@ -35,7 +38,8 @@ def _redis(folder: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
         "--bind", "127.0.0.1",
         "--save", "", "--appendonly", "no",
         "--requirepass", ADMIN_PASSWORD,
-        "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all",
+        "--user", USER, "on", f">{PASSWORD}", *GATEWAY_ACL,
+        "--user", REPLICATION_USER, "on", f">{REPLICATION_PASSWORD}", "~*", "&*", "+@all",
         "--dir", str(folder), "--logfile", str(folder / "redis.log"),
     ]  # fmt: skip
     if "--port" not in extra:
@@ -130,6 +134,10 @@ def test_mutual_tls_and_an_acl_user(
     clients = admin.client_list()
     assert any(c["user"] == USER for c in clients)
     eventually(lambda: len(ledger_lines(admin)) >= 6)
+    admin.config_set("maxmemory", 200 * 2**20)
+    metrics = httpx.get(f"{gateway.url}/metrics").text  # INFO memory, allowed by the ACL
+    assert "gateway_redis_memory_max_bytes 2.097152e+08" in metrics
+    assert "redis_error" not in gateway.output()
 
 
 def test_tls_without_the_client_certificate_is_not_ready(
@@ -170,7 +178,7 @@ def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     """A primary, its replica, and one Sentinel watching them (quorum 1)."""
     folder = tmp_path_factory.mktemp("sentinel")
     primary_port, replica_port, sentinel_port = free_port(), free_port(), free_port()
-    auth = ["--masteruser", USER, "--masterauth", PASSWORD]
+    auth = ["--masteruser", REPLICATION_USER, "--masterauth", REPLICATION_PASSWORD]
     procs = [
         _redis(folder / "primary", primary_port, *auth),
         _redis(
@@ -181,7 +189,8 @@ def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     conf.write_text(
         f"port {sentinel_port}\nbind 127.0.0.1\ndir {folder}\n"
         f"sentinel monitor main 127.0.0.1 {primary_port} 1\n"
-        f"sentinel auth-user main {USER}\nsentinel auth-pass main {PASSWORD}\n"
+        f"sentinel auth-user main {REPLICATION_USER}\n"
+        f"sentinel auth-pass main {REPLICATION_PASSWORD}\n"
         "sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 5000\n"
     )
     binary = shutil.which("redis-server")

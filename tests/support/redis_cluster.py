@@ -11,6 +11,7 @@ import redis
 from redis.cluster import RedisCluster as SyncCluster
 
 from tests.support.procs import free_port
+from tests.support.redis_server import GATEWAY_ACL
 
 USER, PASSWORD = "gateway", "cluster-acl-pass-7f3e"
 """The ACL user every node knows (the default user needs a password too: `ADMIN_PASSWORD`)."""
@@ -49,7 +50,7 @@ class RedisClusterNodes:
                 "--save", "",
                 "--appendonly", "no",
                 "--requirepass", ADMIN_PASSWORD,
-                "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all",
+                "--user", USER, "on", f">{PASSWORD}", *GATEWAY_ACL,
                 "--dir", str(folder),
                 "--logfile", str(folder / "redis.log"),
             ]  # fmt: skip

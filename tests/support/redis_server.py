@@ -16,6 +16,10 @@ import redis
 
 from tests.support.procs import free_port
 
+GATEWAY_ACL = ("resetkeys", "~gw:*", "resetchannels", "+@all", "-@dangerous", "+info")
+"""The ACL rules README recommends for the gateway's Redis user (README, "Deploying on
+Kubernetes"): the tests' ACL users have exactly these, so the recommendation is tried."""
+
 
 class RedisServer:
     """One redis-server process; `stop` and `start` keep its port, as a restarted Redis would."""

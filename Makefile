@@ -17,16 +17,20 @@ redis-server:
 	  >/dev/null; } || { echo "this needs redis-server (apt-get install redis-server)"; exit 1; }
 
 # promtool (Prometheus's rule checker: tests/test_deploy.py runs the alerts' unit tests with it),
-# when missing: taken out of Debian's prometheus package into the virtualenv (as root with
-# apt-get; installing the package would also install a Prometheus server), else says what to do.
+# when missing: taken out of Debian's prometheus package into the virtualenv (installing the
+# package would also install and start a Prometheus server). `apt-get download` needs no root;
+# the package lists are refreshed first when run as root.
 promtool: $(STAMP)
-	@command -v promtool >/dev/null || [ -x $(BIN)/promtool ] || { [ "$$(id -u)" = 0 ] \
-	  && command -v apt-get >/dev/null && tmp=$$(mktemp -d) && chmod 777 $$tmp \
-	  && apt-get update -qq && (cd $$tmp && apt-get download -qq prometheus >/dev/null) \
-	  && dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -xO ./usr/bin/promtool \
+	@command -v promtool >/dev/null || [ -x $(BIN)/promtool ] || { command -v apt-get >/dev/null \
+	  && { [ "$$(id -u)" != 0 ] || apt-get update -qq; } && tmp=$$(mktemp -d) \
+	  && trap 'rm -rf "$$tmp" $(BIN)/promtool.part' EXIT \
+	  && { [ "$$(id -u)" != 0 ] || chown _apt "$$tmp" 2>/dev/null || true; } \
+	  && (cd "$$tmp" && apt-get download -qq prometheus >/dev/null) \
+	  && dpkg-deb --fsys-tarfile "$$tmp"/prometheus_*.deb | tar -xO ./usr/bin/promtool \
 	  > $(BIN)/promtool.part && chmod +x $(BIN)/promtool.part \
-	  && mv $(BIN)/promtool.part $(BIN)/promtool && rm -rf $$tmp; } \
-	  || { echo "the tests need promtool (apt-get install prometheus)"; exit 1; }
+	  && mv $(BIN)/promtool.part $(BIN)/promtool; } \
+	  || { echo "the tests need promtool: put it on PATH (Prometheus's release tarball has it)"; \
+	  exit 1; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -146,7 +147,7 @@ class Metrics:
         # a full Redis refuses writes (see deploy/base/prometheusrule.yaml).
         self.redis_memory_used = Gauge(
             "gateway_redis_memory_used_bytes", "Memory the Redis node holding the usage "
-            "ledger uses (INFO used_memory), as of the last scrape that could read it.",
+            "ledger uses (INFO used_memory), read at each scrape; NaN when it could not be read.",
             registry=r, multiprocess_mode="livemostrecent",
         )  # fmt: skip
         self.redis_memory_max = Gauge(
@@ -155,6 +156,8 @@ class Metrics:
             "quota checks fail (redis.on_failure decides) and usage records wait, then drop.",
             registry=r, multiprocess_mode="livemostrecent",
         )  # fmt: skip
+        for unknown in (self.redis_memory_used, self.redis_memory_max):
+            unknown.set(math.nan)  # until read (0 is "no limit")
 
     def observe(self, ex: Exchange, ended: float) -> None:
         """Count one finished request; `ended`: `perf_counter()` when its answer ended."""

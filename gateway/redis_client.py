@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.exceptions import MovedError
+from redis.exceptions import MovedError, ResponseError
 
 from .settings import RedisSettings
 
@@ -149,9 +149,12 @@ async def memory(client: Client, key: str) -> tuple[int, int]:
     async with connection(pool_of(client, key)) as conn:
         await conn.send_command("INFO", "memory", check_health=False)
         reply = await conn.read_response()
-    text = reply.decode() if isinstance(reply, bytes) else str(reply)
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return int(fields["used_memory"]), int(fields["maxmemory"])
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    fields = dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
+    used, limit = fields.get("used_memory", ""), fields.get("maxmemory", "")
+    if not (used.isdigit() and limit.isdigit()):  # a proxy or a Redis-like server's INFO
+        raise ResponseError(f"INFO memory without used_memory and maxmemory: {text[:100]!r}")
+    return int(used), int(limit)
 
 
 async def close(client: Client) -> None:

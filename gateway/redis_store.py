@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from .metrics import Metrics
 from .redis_client import Client, close, connect, memory, ready
@@ -26,10 +26,13 @@ T = TypeVar("T")
 class RedisUnavailable(Exception):
     """Redis did not answer in time, refused, or the breaker is open."""
 
-    def __init__(self, message: str, *, maybe_ran: bool = True) -> None:
+    def __init__(self, message: str, *, maybe_ran: bool = True, refused: bool = False) -> None:
         super().__init__(message)
         self.maybe_ran = maybe_ran
         """False when the command was never sent (the breaker refused it)."""
+        self.refused = refused
+        """Redis answered with an error (no permission, unknown command): asking again the
+        same way gets the same answer."""
 
 
 class Breaker:
@@ -159,7 +162,8 @@ class RedisStore:
                 detail=str(exc)[:200],
                 breaker="open" if opened or not self.breaker.closed else "closed",
             )
-            raise RedisUnavailable(f"{what}: {type(exc).__name__}") from exc
+            refused = isinstance(exc, ResponseError)
+            raise RedisUnavailable(f"{what}: {type(exc).__name__}", refused=refused) from exc
         if not self.breaker.closed:
             self._log.info("redis_recovered", operation=what)
         self.breaker.success()

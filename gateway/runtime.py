@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +16,6 @@ from typing import Any
 import structlog
 from litestar import Litestar
 from litestar.types import Receive, Scope, Send
-from redis.exceptions import NoPermissionError
 
 from .apikeys import KeyHasher, KeyStore
 from .auth import Authenticator
@@ -34,6 +35,9 @@ from .shutdown import Draining
 from .upstream import Upstreams
 
 OnReady = Callable[["Runtime"], Any]
+
+MEMORY_RETRY_SECONDS = 600
+"""After Redis refused `INFO memory`, wait this long before asking again (the ACL may change)."""
 
 
 class Runtime:
@@ -61,8 +65,8 @@ class Runtime:
         self._embedded: list[Any] = []
         self._redis_server: EmbeddedRedis | None = None
         self._renewing: asyncio.Task[None] | None = None
-        self._memory_readable = True
-        """False once Redis refused INFO to this gateway's user (an ACL without +info)."""
+        self._memory_retry_at = 0.0
+        """When to read Redis's memory again after Redis refused it (`time.monotonic()`)."""
 
     @property
     def fail_open(self) -> bool:
@@ -184,22 +188,29 @@ class Runtime:
         return report
 
     async def refresh_gauges(self) -> None:
-        """Set the gauges only a scrape needs: this worker's backlog, and Redis's memory (left
-        as last read when Redis cannot say; the failed call is counted in
-        `gateway_redis_errors`; never asked again once the ACL refused it)."""
+        """Set the gauges only a scrape needs: this worker's backlog, and Redis's memory (NaN
+        while Redis cannot say: its breaker is open, the read failed, or Redis refused it,
+        which is then said once and not asked again for `MEMORY_RETRY_SECONDS`)."""
         if self.ledger is not None:
             self.metrics.ledger_backlog.set(self.ledger.backlog)
-        if self.store is None or not self._memory_readable:
+        store, metrics = self.store, self.metrics
+        if store is None or time.monotonic() < self._memory_retry_at:
             return
-        try:
-            used, limit = await self.store.memory(self.redis_keys.ledger_stream())
-        except RedisUnavailable as exc:
-            if isinstance(exc.__cause__, NoPermissionError):  # asking again changes nothing
-                self._memory_readable = False
-                self.log.warning("redis_memory_unreadable", hint="allow INFO: ACL rule +info")
-            return
-        self.metrics.redis_memory_used.set(used)
-        self.metrics.redis_memory_max.set(limit)
+        used = limit = math.nan
+        if store.breaker.closed:  # a scrape never probes a Redis believed down
+            try:
+                used, limit = await store.memory(self.redis_keys.ledger_stream())
+            except RedisUnavailable as exc:
+                if exc.refused:  # an ACL without +info, a server without INFO memory
+                    self._memory_retry_at = time.monotonic() + MEMORY_RETRY_SECONDS
+                    self.log.warning(
+                        "redis_memory_unreadable",
+                        detail=str(exc.__cause__)[:200],
+                        retry_seconds=MEMORY_RETRY_SECONDS,
+                        hint="the ACL rule +info allows it",
+                    )
+        metrics.redis_memory_used.set(used)
+        metrics.redis_memory_max.set(limit)
 
     @property
     def policy_uses(self) -> int:

@@ -61,7 +61,10 @@ def _tool(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        pytest.fail(f"`{name}` is missing: install the dev extras (pip install -e '.[dev]')")
+        how = (
+            "`make promtool`" if name == "promtool" else "the dev extras (pip install -e '.[dev]')"
+        )
+        pytest.fail(f"`{name}` is missing: install {how}")
     return found
 
 
@@ -331,18 +334,25 @@ def test_prometheus_rule_is_well_formed_and_reads_only_exported_metrics() -> Non
         assert {"summary", "description"} <= set(rule["annotations"]), name
         if "for" in rule:
             assert re.fullmatch(r"\d+[smh]", rule["for"]), f"{name}: for {rule['for']}"
-        grouped = set()
-        for by in re.findall(r"\bby\s*\(([^)]*)\)", rule["expr"]):
-            grouped |= {label.strip() for label in by.split(",")}
-        expr = re.sub(r"\bby\s*\([^)]*\)", "", rule["expr"])  # what is left names series
-        selectors = re.findall(r"\b([a-z_:][a-z0-9_:]*)\s*(\{[^}]*\})?\s*(?:\[|\)|/|>|$)", expr)
-        series = {(n, sel) for n, sel in selectors if n.startswith(("gateway_", "gen_ai_"))}
-        assert series, f"{name} reads none of the gateway's metrics: {expr}"
-        for metric, selector in series:
-            assert metric in exported, f"{name}: {metric} is not a metric the gateway exports"
-            known = exported[metric] | SCRAPE_LABELS
-            used = set(re.findall(r"([a-z_]+)\s*=~?", selector)) | grouped
-            assert used <= known, f"{name}: {metric} has no label {used - known}"
+        parts = re.split(r"\s/\s", rule["expr"])  # each side of a ratio, on its own series
+        assert all(_series_read(part, exported) for part in parts), f"{name}: {rule['expr']}"
+
+
+def _series_read(expr: str, exported: dict[str, set[str]]) -> set[str]:
+    """The gateway's series that `expr` reads (no binary operator but comparisons), each
+    checked to exist and to have every label that `expr` selects or groups it by."""
+    grouped = set()
+    for by in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+        grouped |= {label.strip() for label in by.split(",")}
+    rest = re.sub(r"\b(?:by|on)\s*\([^)]*\)", "", expr)  # what is left names series
+    selectors = re.findall(r"\b([a-z_:][a-z0-9_:]*)\s*(\{[^}]*\})?\s*(?:\[|\)|>|$)", rest)
+    series = {(n, sel) for n, sel in selectors if n.startswith(("gateway_", "gen_ai_"))}
+    for metric, selector in series:
+        assert metric in exported, f"{metric} is not a metric the gateway exports"
+        known = exported[metric] | SCRAPE_LABELS
+        used = set(re.findall(r"([a-z_]+)\s*[=!]", selector)) | grouped
+        assert used <= known, f"{metric} has no label {used - known}"
+    return {metric for metric, _ in series}
 
 
 def test_prometheus_rule_alerts_fire_when_they_should(tmp_path: Path) -> None:

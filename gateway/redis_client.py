@@ -22,8 +22,13 @@ from .settings import RedisSettings
 Client = aioredis.Redis | RedisCluster
 
 
-def connect(settings: RedisSettings, url: str | None) -> Client:
-    """The client for `settings` (`url`: the settings' url, or the embedded server's)."""
+def connect(
+    settings: RedisSettings,
+    url: str | None,
+    pool_class: type[aioredis.BlockingConnectionPool] | None = None,
+) -> Client:
+    """The client for `settings` (`url`: the settings' url, or the embedded server's); the
+    standalone pool is a `LeanPool` unless `pool_class` says otherwise (tests compare them)."""
     common: dict[str, Any] = {
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
@@ -44,27 +49,30 @@ def connect(settings: RedisSettings, url: str | None) -> Client:
         options["connection_class"] = SSLConnection
     # A bounded pool that makes callers wait for a free connection: a burst then reuses a few
     # warm connections instead of opening hundreds at once.
-    pool = LeanPool(
+    pool = (pool_class or LeanPool)(
         max_connections=settings.max_connections,
         timeout=None,  # the wait is bounded by `RedisStore.call`'s own timeout
         **options,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # (closing the client closes the pool's connections)
 
 
 class LeanPool(aioredis.BlockingConnectionPool):
-    """redis-py's bounded pool without what it costs per use while a connection is free: its
-    lock, wait and timeout contexts and the awaits of its observability hooks took 11 µs per
-    acquire and release, 2.4 µs here, and every pipeline of script calls pays it (3 to 4 µs of
-    gateway CPU per keyed request; README, Performance). A free connection is checked as the
-    pool checks it (`ensure_connection`) and handed out; a caller who must wait, and the
-    release that wakes it, take redis-py's own path, so waiters are served first. (The pool's
-    OpenTelemetry counts of connections in use are left out of the fast path; the gateway does
-    not enable them.)"""
+    """redis-py's bounded pool (standalone Redis; Sentinel and Cluster keep redis-py's) without
+    what it costs per use while a connection is free: its lock, wait and timeout contexts and
+    the awaits of its observability hooks took 11 µs per acquire and release, 2.4 µs here, and
+    every pipeline of script calls pays it (3 to 4 µs of gateway CPU per keyed request; README,
+    Performance). A free connection is checked as the pool checks it (`ensure_connection`) and
+    handed out. Everything else takes redis-py's own path: a caller who must wait and the
+    release that wakes it (waiting as redis-py's: not first come, first served), the pool in
+    maintenance (redis-py 8 turns maintenance notifications on where the server offers them),
+    and a connection that re-authenticates on release (token credentials). Left out of the fast
+    path: the pool's OpenTelemetry counts of connections in use (the gateway enables none)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._waiting = 0
+        """Callers in redis-py's `get_connection`: a release must wake one of them."""
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         if self._available_connections and not self._waiting and not self._in_maintenance:
@@ -83,13 +91,19 @@ class LeanPool(aioredis.BlockingConnectionPool):
             self._waiting -= 1
 
     async def release(self, connection: Any) -> None:
-        if self._waiting or self._in_maintenance:
-            await super().release(connection)  # wakes a waiter
+        if (
+            self._waiting
+            or self._in_maintenance
+            or getattr(connection, "_re_auth_token", None) is not None
+        ):
+            await super().release(connection)  # wakes a waiter; re-authenticates
             return
         self._in_use_connections.remove(connection)
-        if connection.should_reconnect():
-            await connection.disconnect()
-        self._available_connections.append(connection)
+        try:
+            if connection.should_reconnect():
+                await connection.disconnect()
+        finally:  # back in the pool even if cancelled meanwhile
+            self._available_connections.append(connection)
 
 
 def _sentinel(settings: RedisSettings, common: dict[str, Any]) -> aioredis.Redis:

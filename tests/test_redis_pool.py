@@ -5,6 +5,7 @@ Redis closes its connections, and hands out no connection with a reply left unre
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,12 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def _pool(url: str, max_connections: int) -> LeanPool:
-    client = connect(RedisSettings(url=url, max_connections=max_connections), url)
+def _pool(url: str, max_connections: int, kind: type[BlockingConnectionPool] = LeanPool) -> Any:
+    """The pool the gateway's client would have (`kind`: redis-py's own, to compare)."""
+    client = connect(RedisSettings(url=url, max_connections=max_connections), url, kind)
     assert isinstance(client, Redis)
     pool = client.connection_pool
-    assert isinstance(pool, LeanPool)
+    assert type(pool) is kind
     return pool
 
 
@@ -44,8 +46,8 @@ async def _ping(pool: LeanPool, hold: float = 0.0) -> bytes:
 
 
 def test_callers_beyond_the_bound_wait_and_are_woken(redis: RedisServer) -> None:
-    """40 callers holding a connection 20 ms each through a pool of 3: all are served, Redis
-    never sees more than 3 connections from it, and every connection goes back."""
+    """40 callers holding a connection 20 ms each through a pool of 3: all are served, no more
+    than 3 are in use at once, and every connection goes back."""
 
     async def run() -> tuple[list[bytes], int]:
         pool = _pool(redis.url, 3)
@@ -73,6 +75,81 @@ def test_callers_beyond_the_bound_wait_and_are_woken(redis: RedisServer) -> None
     assert int(redis.client().info("clients")["connected_clients"]) == 1  # the test's own
 
 
+def test_many_callers_coming_and_going_and_cancelled(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 callers arriving at random, holding a connection for a random time, a third of them
+    cancelled by a timeout at any point (waiting included), through a pool of 3: each reads its
+    own reply, no connection is held by two at once, no more than 3 ever exist, none is lost
+    or left in use; callers meeting a free connection and no one waiting skip redis-py's
+    `get_connection`."""
+    slow = 0
+    own_get = BlockingConnectionPool.get_connection
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal slow
+        slow += 1
+        return await own_get(self, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(BlockingConnectionPool, "get_connection", counted)
+    rng = random.Random(7)
+
+    async def run() -> tuple[int, int, set[int]]:
+        pool = _pool(redis.url, 3)
+        held: set[int] = set()
+        ever: set[int] = set()
+        done = cancelled = 0
+
+        async def caller(i: int) -> None:
+            nonlocal done, cancelled
+            await asyncio.sleep(rng.random() * 0.3)
+            token = f"t{i}".encode()
+            command = b"*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n" % (len(token), token)
+            try:
+                async with asyncio.timeout(rng.choice([None, None, rng.random() * 0.01])):
+                    async with connection(pool) as conn:
+                        assert id(conn) not in held, "a connection held by two callers"
+                        held.add(id(conn))
+                        ever.add(id(conn))
+                        try:
+                            await conn.send_packed_command(command, check_health=False)
+                            await asyncio.sleep(rng.random() * 0.004)
+                            assert await conn.read_response() == token
+                        finally:
+                            held.discard(id(conn))
+                done += 1
+            except TimeoutError:
+                cancelled += 1
+
+        await asyncio.wait_for(asyncio.gather(*(caller(i) for i in range(300))), timeout=30)
+        available, in_use = set(pool._available_connections), pool._in_use_connections
+        assert not in_use
+        assert pool._waiting == 0
+        assert len(available) <= 3
+        before = slow
+        assert [await _ping(pool) for _ in range(50)] == [b"PONG"] * 50
+        assert slow == before, "an uncontended caller took redis-py's path"
+        await pool.disconnect()
+        return done, cancelled, ever
+
+    done, cancelled, ever = asyncio.run(run())
+    assert done + cancelled == 300
+    assert cancelled > 20
+    assert len(ever) <= 3 + cancelled  # a cancelled caller's connection is replaced, not reused
+    assert slow < 300, "no caller took the fast path"
+
+
+def test_the_redis_py_internals_it_uses_are_there() -> None:
+    """LeanPool reads redis-py's pool internals: a redis-py that renamed them fails here,
+    by name, rather than in every call to Redis."""
+    pool = LeanPool(max_connections=2)
+    assert isinstance(pool._available_connections, list)
+    assert isinstance(pool._in_use_connections, set)
+    assert pool._in_maintenance is False
+    assert callable(pool.ensure_connection)
+    assert callable(pool.make_connection().should_reconnect)  # type: ignore[no-untyped-call]
+
+
 def test_connections_redis_closed_fare_as_in_redis_pys_own_pool(redis: RedisServer) -> None:
     """Redis closes the idle connections (CLIENT KILL, then a restart): each call after that
     succeeds or fails exactly as it would through redis-py's own BlockingConnectionPool (whose
@@ -98,7 +175,7 @@ def test_connections_redis_closed_fare_as_in_redis_pys_own_pool(redis: RedisServ
         await pool.disconnect()
         return outcomes
 
-    own = asyncio.run(run(BlockingConnectionPool.from_url(redis.url, max_connections=4)))
+    own = asyncio.run(run(_pool(redis.url, 4, BlockingConnectionPool)))
     lean = asyncio.run(run(_pool(redis.url, 4)))
     assert lean == own
     assert lean[:4] == ["PONG"] * 4

@@ -16,6 +16,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import MovedError, ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .settings import RedisSettings
 
@@ -33,6 +34,11 @@ def connect(
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
         "decode_responses": False,
+        # Off, not redis-py 8's "auto": while "auto", its pools skip the check that finds a
+        # pooled connection Redis closed (an idle timeout, a restart, a failover) before it
+        # is used, and the request that drew it got the failure policy. The notifications
+        # (Redis Enterprise's maintenance warnings) relax timeouts the gateway keeps short.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     if settings.mode == "sentinel":
         return _sentinel(settings, common)
@@ -44,6 +50,7 @@ def connect(
     if settings.mode == "cluster":
         options.pop("connection_class", None)
         options.pop("db", None)
+        options.pop("maint_notifications_config")  # (a Cluster's nodes have no such check)
         return RedisCluster(max_connections=settings.max_connections, **options)
     if options.pop("ssl", False):
         options["connection_class"] = SSLConnection

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -170,3 +171,31 @@ def test_an_admission_redis_ran_after_the_timeout_is_undone(
             and int(client.hget(amt, "_sum") or 0) == settled_tokens
         ),
     )
+
+
+def test_connections_redis_closed_cost_no_request(
+    closed: ServerProcess, redis: RedisServer, secrets_seen: list[str]
+) -> None:
+    """Redis closes the gateway's idle connections (CLIENT KILL, as an idle timeout or a proxy
+    would), then restarts: the next requests are all served under fail_closed, none refused
+    and no Redis error logged; each pooled connection is found closed and replaced before use."""
+    _, key = create_key(closed.url, secrets_seen, user="closed-connections")
+    eventually(timeout=10, check=lambda: _timed_post(closed.url, key)[0].status_code == 200)
+
+    def burst() -> list[int]:  # concurrent: several pooled connections in use
+        with ThreadPoolExecutor(8) as pool:
+            return [
+                r.status_code
+                for r, _ in pool.map(lambda _: _timed_post(closed.url, key), range(24))
+            ]
+
+    assert burst() == [200] * 24
+    errors = len([line for line in log_lines(closed) if line.get("event") == "redis_error"])
+    assert redis.client().client_kill_filter(_type="normal", skipme=True) >= 2
+    time.sleep(0.2)  # the gateway's event loop sees the connections close
+    assert burst() == [200] * 24
+    redis.stop()
+    redis.start()
+    time.sleep(0.2)
+    assert burst() == [200] * 24
+    assert len([line for line in log_lines(closed) if line.get("event") == "redis_error"]) == errors

@@ -15,7 +15,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from .settings import RedisSettings
@@ -34,10 +36,11 @@ def connect(
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
         "decode_responses": False,
-        # Off, not redis-py 8's "auto": while "auto", its pools skip the check that finds a
-        # pooled connection Redis closed (an idle timeout, a restart, a failover) before it
-        # is used, and the request that drew it got the failure policy. The notifications
-        # (Redis Enterprise's maintenance warnings) relax timeouts the gateway keeps short.
+        # Off, not redis-py 8's "auto": while "auto", a standalone pool skips the check that
+        # finds a pooled connection Redis closed (an idle timeout, a restart) before it is
+        # used, and the requests that drew it got the failure policy. (Sentinel's primary pool
+        # never turns them on; the clients that ask the Sentinels do.) What they bring, relaxed
+        # timeouts during a server's maintenance, the gateway's short `redis.timeout` overrides.
         "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     if settings.mode == "sentinel":
@@ -50,7 +53,10 @@ def connect(
     if settings.mode == "cluster":
         options.pop("connection_class", None)
         options.pop("db", None)
-        options.pop("maint_notifications_config")  # (a Cluster's nodes have no such check)
+        # A Cluster keeps redis-py's default: its nodes' pools have no check to skip (the
+        # gateway checks their connections itself, in `connection`), and with "auto" redis-py
+        # follows the slot migrations a server announces.
+        options.pop("maint_notifications_config")
         return RedisCluster(max_connections=settings.max_connections, **options)
     if options.pop("ssl", False):
         options["connection_class"] = SSLConnection
@@ -72,8 +78,8 @@ class LeanPool(aioredis.BlockingConnectionPool):
     Performance). A free connection is checked as the pool checks it (`ensure_connection`) and
     handed out. Everything else takes redis-py's own path: a caller who must wait and the
     release that wakes it (waiting as redis-py's: not first come, first served), the pool in
-    maintenance (redis-py 8 turns maintenance notifications on where the server offers them),
-    and a connection that re-authenticates on release (token credentials). Left out of the fast
+    maintenance (never, with maintenance notifications off as `connect` sets them), and a
+    connection that re-authenticates on release (token credentials). Left out of the fast
     path: the pool's OpenTelemetry counts of connections in use (the gateway enables none)."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -190,6 +196,7 @@ async def connection(pool: Any) -> AsyncIterator[Connection]:
     may be left unread (the caller failed midway) is disconnected before it goes back."""
     if isinstance(pool, ClusterNode):
         conn = pool.acquire_connection()
+        await _drop_if_closed(conn)
     else:
         conn = await pool.get_connection()
     try:
@@ -202,6 +209,21 @@ async def connection(pool: Any) -> AsyncIterator[Connection]:
             pool.release(conn)
         else:
             await pool.release(conn)
+
+
+async def _drop_if_closed(conn: Connection) -> None:
+    """A Cluster node's pool hands out its connections unchecked: one the node closed meanwhile
+    (an idle timeout, a restart, a failover) would fail its call and its requests would get the
+    failure policy. Checked as redis-py's standalone pool checks its own (the socket says end
+    of file, or holds unread data), it is disconnected instead: the send connects again."""
+    if not conn.is_connected:
+        return
+    try:
+        closed = await conn.can_read()
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        closed = True
+    if closed:
+        await conn.disconnect()
 
 
 async def memory(client: Client, key: str) -> tuple[int, int]:

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,6 +183,27 @@ def test_streams_settle_to_real_usage_and_reach_the_ledger(
     mine = [json.loads(line) for line in records.text.splitlines() if user in line]
     assert sorted(r["total_tokens"] for r in mine) == sorted(totals)
     assert all(r["stream"] and r["end"] == "completed" for r in mine)
+
+
+def test_connections_the_nodes_closed_cost_no_request(
+    cluster: RedisClusterNodes, replicas: list[ServerProcess], secrets_seen: list[str]
+) -> None:
+    """Every node closes the replicas' idle connections (CLIENT KILL, as an idle timeout or a
+    node's restart would): the next requests, whose quotas live on all three nodes, are all
+    served (fail_closed), and no replica logs a Redis error (the fixture checks)."""
+    urls = [r.url for r in replicas]
+    keys = [
+        create_key(replicas[0].url, secrets_seen, user=user)[1]
+        for user in _users_on_every_node(cluster, per_node=1)
+    ]
+    for key in keys:
+        assert asyncio.run(_burst(urls, 24, key)) == [200] * 24
+    time.sleep(0.3)  # quiet: the settlements and ledger writes after the answers are done
+    killed = [cluster.node(port).client_kill_filter(_type="normal") for port in cluster.ports]
+    assert all(n >= 1 for n in killed)
+    time.sleep(0.2)  # the replicas' event loops see the connections close
+    for key in keys:
+        assert asyncio.run(_burst(urls, 24, key)) == [200] * 24
 
 
 def test_metrics_read_the_memory_of_the_ledgers_node(

@@ -196,10 +196,11 @@ async def connection(pool: Any) -> AsyncIterator[Connection]:
     may be left unread (the caller failed midway) is disconnected before it goes back."""
     if isinstance(pool, ClusterNode):
         conn = pool.acquire_connection()
-        await _drop_if_closed(conn)
     else:
         conn = await pool.get_connection()
     try:
+        if isinstance(pool, ClusterNode):
+            await _drop_if_closed(conn)  # (inside: cancelled here, it still goes back)
         yield conn
     except BaseException:
         await conn.disconnect()

@@ -18,15 +18,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import create_key, mock_config
+from tests.support.metrics import Samples, samples, scrape, summed, value
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import GATEWAY_ACL, RedisServer
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-_FAMILY = "#family"
 
 
 def _config(redis_url: str, mock: str, metrics_dir: Path, policy: str) -> dict[str, Any]:
@@ -42,40 +39,6 @@ def _config(redis_url: str, mock: str, metrics_dir: Path, policy: str) -> dict[s
     return config
 
 
-def _samples(text: str) -> Samples:
-    """Every sample of an exposition, by name and labels."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        out[(_FAMILY, frozenset({("name", family.name)}))] = 0  # exported, even with no sample
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
-
-
-def _value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels` (0 when none has them); the
-    metric must be in the exposition."""
-    assert _listed(samples, name), f"{name} is not exported"
-    return _sum(samples, name, labels)
-
-
-def _listed(samples: Samples, name: str) -> bool:
-    families = {dict(labels)["name"] for n, labels in samples if n == _FAMILY}
-    return any(name.startswith(family) for family in families)
-
-
-def _sum(samples: Samples, name: str, labels: dict[str, str]) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, lab), v in samples.items() if n == name and wanted <= lab)
-
-
-def _scrape(url: str) -> Samples:
-    response = httpx.get(f"{url}/metrics", timeout=10)
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return _samples(response.text)
-
-
 def _per_worker(metrics_dir: Path, tmp: Path) -> dict[int, Samples]:
     """Each worker's own counters, read from its file alone."""
     out: dict[int, Samples] = {}
@@ -86,7 +49,7 @@ def _per_worker(metrics_dir: Path, tmp: Path) -> dict[int, Samples]:
         shutil.copy(file, alone / file.name)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
-        out[pid] = _samples(generate_latest(registry).decode())
+        out[pid] = samples(generate_latest(registry).decode())
     return out
 
 
@@ -141,44 +104,44 @@ def test_metrics_count_every_workers_traffic(
     total = 40 + 12 + 5 + 2 + 1
 
     def counted() -> bool:
-        return _value(_scrape(gateway.url), "gateway_requests_total") == total
+        return value(scrape(gateway.url), "gateway_requests_total") == total
 
     eventually(counted)  # the count is taken once the answer is sent
     for _ in range(4):  # whichever worker answers the scrape, the figures are the same
-        s = _scrape(gateway.url)
+        s = scrape(gateway.url)
         ok = {"gen_ai_request_model": "mock-gpt", "gen_ai_provider_name": "mock"}
-        assert _value(s, "gateway_requests_total", **ok, http_response_status_code="200") == 54
-        assert _value(s, "gateway_requests_total", **ok, outcome="rejected") == 3
-        assert _value(
+        assert value(s, "gateway_requests_total", **ok, http_response_status_code="200") == 54
+        assert value(s, "gateway_requests_total", **ok, outcome="rejected") == 3
+        assert value(
             s, "gateway_requests_total", gen_ai_provider_name="nowhere", outcome="error"
         ) == 2  # fmt: skip
-        assert _value(
+        assert value(
             s, "gateway_requests_total", gen_ai_request_model="-", http_response_status_code="404"
         ) == 1  # fmt: skip
-        assert _value(s, "gen_ai_server_request_duration_seconds_count") == total
+        assert value(s, "gen_ai_server_request_duration_seconds_count") == total
         for kind in ("input", "output"):
             expected = sum(u[f"{kind}_tokens"] for u in usages)
-            assert _value(s, "gateway_tokens_total", **ok, gen_ai_token_type=kind) == expected
-            assert _value(s, "gen_ai_client_token_usage_sum", gen_ai_token_type=kind) == expected
-            assert _value(s, "gen_ai_client_token_usage_count", gen_ai_token_type=kind) == 54
-        assert _value(s, "gen_ai_server_time_to_first_token_seconds_count", **ok) == 12
-        assert _value(s, "gen_ai_server_time_per_output_token_seconds_count", **ok) == 12
-        assert _value(
+            assert value(s, "gateway_tokens_total", **ok, gen_ai_token_type=kind) == expected
+            assert value(s, "gen_ai_client_token_usage_sum", gen_ai_token_type=kind) == expected
+            assert value(s, "gen_ai_client_token_usage_count", gen_ai_token_type=kind) == 54
+        assert value(s, "gen_ai_server_time_to_first_token_seconds_count", **ok) == 12
+        assert value(s, "gen_ai_server_time_per_output_token_seconds_count", **ok) == 12
+        assert value(
             s, "gateway_rate_limited_total", limit="requests_per_minute", scope="user"
         ) == 3  # fmt: skip
-        assert _value(
+        assert value(
             s,
             "gateway_upstream_errors_total",
             gen_ai_provider_name="nowhere",
             error_type="upstream_unavailable",
         ) == 2  # fmt: skip
-        assert _value(s, "gateway_streams_in_flight") == 0
+        assert value(s, "gateway_streams_in_flight") == 0
         # with several workers, a metric no worker counted yet is not listed at all
-        assert _sum(s, "gateway_redis_errors_total", {}) == 0
-    eventually(lambda: _value(_scrape(gateway.url), "gateway_ledger_written_total") == total)
-    assert _value(_scrape(gateway.url), "gateway_ledger_backlog") == 0
+        assert summed(s, "gateway_redis_errors_total", {}) == 0
+    eventually(lambda: value(scrape(gateway.url), "gateway_ledger_written_total") == total)
+    assert value(scrape(gateway.url), "gateway_ledger_backlog") == 0
     workers = _per_worker(metrics_dir, tmp_path)
-    served = [_value(s, "gateway_requests_total") for s in workers.values()]
+    served = [value(s, "gateway_requests_total") for s in workers.values()]
     assert len(served) == 2, "expected two worker processes"
     assert all(n > 0 for n in served), f"one worker served nothing: {served}"
     assert sum(served) == total
@@ -196,10 +159,10 @@ def test_streams_in_flight_while_they_run(
     ]
     for thread in threads:
         thread.start()
-    eventually(lambda: _value(_scrape(gateway.url), "gateway_streams_in_flight") == 3)
+    eventually(lambda: value(scrape(gateway.url), "gateway_streams_in_flight") == 3)
     for thread in threads:
         thread.join()
-    eventually(lambda: _value(_scrape(gateway.url), "gateway_streams_in_flight") == 0)
+    eventually(lambda: value(scrape(gateway.url), "gateway_streams_in_flight") == 0)
 
 
 def test_redis_errors_and_policy_decisions_are_counted(
@@ -223,13 +186,13 @@ def test_redis_errors_and_policy_decisions_are_counted(
         with redis.frozen(3):
             served = [_post(gateway.url, key, plain).status_code for _ in range(4)]
         assert served == [200] * 4
-        s = _scrape(gateway.url)
-        assert _value(s, "gateway_redis_errors_total") >= 1
+        s = scrape(gateway.url)
+        assert value(s, "gateway_redis_errors_total") >= 1
         decisions = "gateway_redis_policy_decisions_total"
-        served_quota = _value(s, decisions, subsystem="limits", decision="served")
+        served_quota = value(s, decisions, subsystem="limits", decision="served")
         assert served_quota == 4  # each request went without its quota check
-        assert _value(s, decisions, subsystem="auth", decision="served") >= 1  # stale cache
-        assert _value(s, decisions, decision="refused") == 0
+        assert value(s, decisions, subsystem="auth", decision="served") >= 1  # stale cache
+        assert value(s, decisions, decision="refused") == 0
     finally:
         redis.stop()
 
@@ -249,18 +212,18 @@ def test_redis_memory_is_read_at_each_scrape(
         for limit in (0, 300 * 2**20, 123 * 2**20):
             client.config_set("maxmemory", limit)
             with ThreadPoolExecutor(8) as pool:  # concurrent scrapes: both workers answer
-                scrapes = list(pool.map(lambda _: _scrape(gateway.url), range(16)))
+                scrapes = list(pool.map(lambda _: scrape(gateway.url), range(16)))
             actual = int(client.info("memory")["used_memory"])
             for s in scrapes:
-                assert _value(s, "gateway_redis_memory_max_bytes") == limit
-                used = _value(s, "gateway_redis_memory_used_bytes")
+                assert value(s, "gateway_redis_memory_max_bytes") == limit
+                used = value(s, "gateway_redis_memory_used_bytes")
                 assert abs(used - actual) < 2**20, (used, actual)  # used_memory moves a little
         client.close()
         redis.stop()
-        s = _scrape(gateway.url)  # still answers: the figures are unknown now
-        assert math.isnan(_value(s, "gateway_redis_memory_max_bytes"))
-        assert math.isnan(_value(s, "gateway_redis_memory_used_bytes"))
-        assert _value(s, "gateway_redis_errors_total", operation="info_memory") >= 1
+        s = scrape(gateway.url)  # still answers: the figures are unknown now
+        assert math.isnan(value(s, "gateway_redis_memory_max_bytes"))
+        assert math.isnan(value(s, "gateway_redis_memory_used_bytes"))
+        assert value(s, "gateway_redis_errors_total", operation="info_memory") >= 1
     finally:
         redis.stop()
 
@@ -285,9 +248,9 @@ def test_an_acl_without_info_is_said_once_and_not_asked_again(
         _, key = create_key(gateway.url, secrets_seen, user=f"noinfo-{uuid.uuid4().hex[:8]}")
         assert _post(gateway.url, key, {"model": "mock-gpt", "input": "hi"}).status_code == 200
         for _ in range(3):
-            s = _scrape(gateway.url)
-            assert math.isnan(_value(s, "gateway_redis_memory_max_bytes"))
-            assert _value(s, "gateway_redis_errors_total", operation="info_memory") == 1
+            s = scrape(gateway.url)
+            assert math.isnan(value(s, "gateway_redis_memory_max_bytes"))
+            assert value(s, "gateway_redis_errors_total", operation="info_memory") == 1
         said = [line for line in log_lines(gateway) if line["event"] == "redis_memory_unreadable"]
         assert len(said) == 1
         assert "no permissions to run the 'info' command" in said[0]["detail"]

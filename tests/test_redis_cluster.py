@@ -22,11 +22,11 @@ import httpx
 import openai
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.redis_keys import RedisKeys
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import admin_client, create_key
+from tests.support.metrics import scrape, value
 from tests.support.procs import ServerProcess, free_port, python_module
 from tests.support.redis_cluster import PASSWORD, USER, RedisClusterNodes
 
@@ -218,16 +218,10 @@ def test_metrics_read_the_memory_of_the_ledgers_node(
         for port, limit in limits.items():
             cluster.node(port).config_set("maxmemory", limit)
         for replica in replicas:
-            text = httpx.get(f"{replica.url}/metrics", timeout=10).text
-            found = {
-                s.name: s.value
-                for family in text_string_to_metric_families(text)
-                for s in family.samples
-                if s.name.startswith("gateway_redis_memory_")
-            }
-            assert found["gateway_redis_memory_max_bytes"] == limits[ledger_port]
+            found = scrape(replica.url)
+            assert value(found, "gateway_redis_memory_max_bytes") == limits[ledger_port]
             used = int(cluster.node(ledger_port).info("memory")["used_memory"])
-            assert abs(found["gateway_redis_memory_used_bytes"] - used) < 2**20
+            assert abs(value(found, "gateway_redis_memory_used_bytes") - used) < 2**20
     finally:
         for port in cluster.ports:
             cluster.node(port).config_set("maxmemory", 0)

@@ -12,13 +12,11 @@ from gateway.record import UsageRecord
 from gateway.redis_keys import RedisKeys
 from gateway.script_batch import evalsha
 
-STREAM = "gw:{ledger}:stream"
-
 
 def ledger_lines(client: redis.Redis) -> list[Any]:
     """Every record's JSON in the stream, oldest first: each entry is one batch, its field `r`
     the batch's records, one a line (text or bytes, as `client` decodes)."""
-    entries: Any = client.xrange(STREAM)
+    entries: Any = client.xrange(RedisKeys().ledger_stream())
     lines: list[Any] = []
     for _, fields in entries:
         batch = fields["r"] if "r" in fields else fields[b"r"]

@@ -34,6 +34,7 @@ _DROP_UPSTREAM = _HOP_BY_HOP | {
     b"host",
     b"content-length",
     b"accept-encoding",
+    b"expect",  # the gateway holds the whole body before it sends: nothing to wait for
     b"x-request-id",
     b"openai-organization",
     b"openai-project",

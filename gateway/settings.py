@@ -61,6 +61,12 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     idle_timeout: PositiveFloat = 4.0
     """Seconds an idle keep-alive connection is kept for reuse; below the provider's own
     keep-alive timeout (uvicorn-based servers such as vLLM close after 5 s)."""
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+    """Largest non-streamed answer relayed (the client gets 502 beyond it), and the most bytes
+    a compressed answer is inflated to when the gateway reads its usage."""
+    max_event_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+    """Longest line of a streamed answer the gateway's usage reader holds. A longer line still
+    reaches the client unchanged; it is not read, so the stream's usage is then estimated."""
 
 
 class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

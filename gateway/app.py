@@ -13,6 +13,7 @@ from litestar.types import Receive, Scope, Send
 from litestar.utils import normalize_path
 
 from .admin import AdminController, admin_guard
+from .cors import Cors
 from .errors import GatewayError, InternalError, ServiceUnavailable
 from .health import healthz, metrics, readyz
 from .models_api import ModelList, ModelsController, model_list
@@ -123,16 +124,22 @@ def create_app(
         logging_config=None,
     )
     app.state.runtime = runtime
-    # Around the whole app (routing included, so unknown paths too): the canonical line of
-    # every request the hot path does not log.
+    # Around the whole app (routing included, so unknown paths too): CORS only when origins
+    # are configured, and the canonical line of every request the hot path does not log.
+    origins = settings.server.cors_origins
+    cors = Cors(app.asgi_handler, origins) if origins else None
 
     def logs_itself(scope: Scope) -> bool:
         """The hot path serves this request (and writes its line): /v1/responses as Litestar
-        routes it."""
+        routes it, except a CORS preflight, which `Cors` answers."""
         path = scope["path"]
-        return path == RESPONSES_PATH or normalize_path(path) == RESPONSES_PATH
+        if path != RESPONSES_PATH and normalize_path(path) != RESPONSES_PATH:
+            return False
+        return cors is None or not cors.is_preflight(scope)
 
-    app.asgi_handler = RequestLog(app.asgi_handler, runtime.ids, runtime.log, logs_itself, PROBES)
+    app.asgi_handler = RequestLog(
+        cors or app.asgi_handler, runtime.ids, runtime.log, logs_itself, PROBES
+    )
     return app
 
 

@@ -162,8 +162,9 @@ class KeyStore:
             # One key, so one Cluster slot: the record and its expiry change together.
             pipe = r.pipeline(transaction=True)
             pipe.hset(name, "record", _encoder.encode(stored))
-            if record.expires_at is not None:
-                pipe.expireat(name, int(record.expires_at) + EXPIRED_RECORD_KEPT)
+            if record.expires_at is not None:  # kept from its expiry, or from now if past
+                kept_from = max(record.expires_at, time.time())
+                pipe.expireat(name, int(kept_from) + EXPIRED_RECORD_KEPT)
             else:
                 pipe.persist(name)
             await pipe.execute()

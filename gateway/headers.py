@@ -43,8 +43,10 @@ _DROP_UPSTREAM = _HOP_BY_HOP | {
 }
 
 # Response headers never passed back: framing uvicorn recomputes, the provider's cookies and
-# account details, and (any `x-ratelimit-*`) the provider's own rate-limit view of the org's
-# shared key, which is not the caller's quota.
+# account details, (any `x-ratelimit-*`) the provider's own rate-limit view of the org's
+# shared key, which is not the caller's quota, and (any `access-control-*`) the provider's CORS
+# answer: which pages may read an answer is the gateway's decision (`cors.py`).
+_DROP_DOWNSTREAM_PREFIXES = (b"x-ratelimit-", b"access-control-")
 _DROP_DOWNSTREAM = _HOP_BY_HOP | {
     b"content-length",
     b"set-cookie",
@@ -101,7 +103,7 @@ def downstream_headers(
     out: list[tuple[bytes, bytes]] = []
     for raw_name, value in upstream:
         name = raw_name.lower()
-        if name in _DROP_DOWNSTREAM or name in named or name.startswith(b"x-ratelimit-"):
+        if name in _DROP_DOWNSTREAM or name in named or name.startswith(_DROP_DOWNSTREAM_PREFIXES):
             if name == b"x-request-id":
                 out.append((b"x-upstream-request-id", value))
             continue

@@ -94,7 +94,7 @@ class ResponsesEndpoint:
         try:
             await self._handle(ex, scope, receive, send)
         except GatewayError as exc:
-            ex.error_code = exc.code
+            ex.error_code, ex.error_param = exc.code, exc.param
             if isinstance(exc, RateLimited):
                 ex.rate_limit = (exc.limit, exc.scope)
             if not ex.response_started:

@@ -24,6 +24,8 @@ _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+_ORIGIN = r"^(\*|[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+)$"
+"""A CORS origin: scheme://host[:port] as a browser sends it in `Origin`, or `*`."""
 
 
 _ENUMS = {
@@ -100,6 +102,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """After SIGTERM: readiness fails, no new connection is accepted, and requests in flight
     (streams included) get this long to finish before they are cut; then the usage ledger is
     written out (up to 10 s) and the process exits."""
+    cors_origins: tuple[Annotated[str, msgspec.Meta(pattern=_ORIGIN)], ...] = ()
+    """Web origins (``https://app.example.com``, no path) whose pages may call ``/v1/``
+    from a browser, or ``*`` for any; none: no CORS headers at all (see ``cors.py``)."""
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

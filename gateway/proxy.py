@@ -167,7 +167,7 @@ class ResponsesEndpoint:
         self, ex: Exchange, scope: Scope, send: Send, route: Route, body: bytes
     ) -> None:
         headers = upstream_headers(
-            scope["headers"], route.fixed_headers, route.fixed_names, ex.request_id
+            scope["headers"], route.forwarded, route.fixed_headers, ex.request_id, ex.caller
         )
         response = await self._upstreams.post(
             route.provider, route.path, route.upstream_body(body), headers

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from .headers import forwardable
+
 EMBEDDED = "embedded"
 """`base_url` value that selects the built-in upstream, started inside the gateway process."""
 
@@ -53,6 +55,11 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``stream_options.include_usage`` on /v1/responses: list ``stop`` and ``stream_options``)."""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     """Extra headers sent with every upstream request (e.g. ``OpenAI-Organization``)."""
+    forward_headers: tuple[str, ...] = ()
+    """Client request headers forwarded to this provider besides those every provider gets
+    (``gateway/headers.py``, ``FORWARDED``), e.g. ``[anthropic-version]``. Never one the
+    gateway owns or withholds (credentials, cookies, framing, client addresses), nor one
+    `headers` sets. An ``embedded`` provider also gets the mock's steering headers."""
     connect_timeout: PositiveFloat = 5.0
     """Seconds to open a connection before answering 502."""
     read_timeout: PositiveFloat = 600.0
@@ -384,6 +391,7 @@ def _check_references(settings: Settings, source: str) -> None:
                     f"{source}: providers.{name}.headers.{header}: expected a header name "
                     "(letters, digits, -) and a value on one line"
                 )
+        _check_forward_headers(name, provider, source)
         url = provider.base_url
         if url != EMBEDDED and not re.match(r"^https?://[^/\s]+", url):
             raise ConfigError(
@@ -405,6 +413,26 @@ def _check_references(settings: Settings, source: str) -> None:
             f"({10 * ledger.orphan_seconds:g}), got {ledger.dedupe_seconds}: a stream's record "
             "and the one written from its save could then both count"
         )
+
+
+def _check_forward_headers(name: str, provider: ProviderSettings, source: str) -> None:
+    fixed = {header.lower() for header in provider.headers}
+    for index, header in enumerate(provider.forward_headers):
+        where = f"{source}: providers.{name}.forward_headers[{index}]"
+        if not _HEADER_NAME.match(header):
+            raise ConfigError(
+                f"{where}: expected a header name (letters, digits, -), got `{header}`"
+            )
+        if not forwardable(header):
+            raise ConfigError(
+                f"{where}: `{header}` is never forwarded: the gateway sets it or withholds it "
+                "(credentials, cookies, framing, client addresses)"
+            )
+        if header.lower() in fixed:
+            raise ConfigError(
+                f"{where}: `{header}` is also set in providers.{name}.headers, which replaces "
+                "the client's: list it in one of them"
+            )
 
 
 def _check_auth(settings: Settings, source: str) -> None:

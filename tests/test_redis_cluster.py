@@ -24,6 +24,7 @@ import pytest
 import yaml
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.mock import STEERING_HEADERS as MOCK_STEERING
 from gateway.redis_client import ClusterConnection, close, connect, ready, unreachable
 from gateway.redis_keys import RedisKeys
 from gateway.settings import RedisSettings
@@ -58,7 +59,11 @@ def replicas(
     secrets_seen.append(PASSWORD)
     config = {
         "providers": {
-            "mock": {"base_url": mock_upstream.url + "/v1", "api_key": "${PROVIDER_KEY}"}
+            "mock": {
+                "base_url": mock_upstream.url + "/v1",
+                "api_key": "${PROVIDER_KEY}",
+                "forward_headers": list(MOCK_STEERING),
+            }
         },
         "models": [{"name": "mock-gpt", "provider": "mock"}],
         "redis": {

@@ -25,7 +25,8 @@ _HOP_BY_HOP = frozenset(
 )
 
 # Request headers never forwarded: credentials (ours are injected), cookies, framing the
-# gateway recomputes, and account selectors a client must not choose for the org's key.
+# gateway recomputes, the body's content-encoding (the body is forwarded decoded), and account
+# selectors a client must not choose for the org's key.
 _DROP_UPSTREAM = _HOP_BY_HOP | {
     b"authorization",
     b"api-key",
@@ -33,6 +34,7 @@ _DROP_UPSTREAM = _HOP_BY_HOP | {
     b"cookie",
     b"host",
     b"content-length",
+    b"content-encoding",
     b"accept-encoding",
     b"x-request-id",
     b"openai-organization",

@@ -27,6 +27,7 @@ that the client reads the answer rather than a reset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from asyncio import TimerHandle
 from typing import Any
 
@@ -226,7 +227,8 @@ class FrontDoorProtocol(HttpToolsProtocol):
                 framing = b"transfer-encoding: " + value + b"\r\n"
                 break
         self.parser = httptools.HttpRequestParser(self)
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn does
+        with contextlib.suppress(AttributeError):  # as uvicorn does (httptools < 0.6.3 lacks it)
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self._priming = True
         try:
             self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")

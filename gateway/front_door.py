@@ -310,9 +310,9 @@ class FrontDoorProtocol(HttpToolsProtocol):
     def _reject(self, error: GatewayError, reason: str) -> None:
         """Answer `error` and close, reading and dropping what the client still sends."""
         self._disarm()
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            if cycle.response_started:  # no answer can be put in the middle of another
+        cycle = self.cycle  # in a head: the previous request's, still in flight or not
+        if cycle is not None and (not self._in_head or not cycle.response_complete):
+            if cycle.response_started:  # answered, or being answered: no room for another
                 self.transport.close()
                 return
             cycle.disconnected = True  # the app's request ends as if its client left

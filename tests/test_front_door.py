@@ -224,6 +224,26 @@ def test_body_is_held_to_the_minimum_rate(
     assert _received(scripted_upstream, "slow-body") is None
 
 
+def test_slow_body_after_an_early_answer_is_cut_without_a_second_answer(
+    raw: Callable[[], RawConnection],
+) -> None:
+    """A body still trickling in after the gateway answered without it (415) is cut once the
+    grace is over, with no second answer after the first."""
+    body = b"x" * 2000
+    connection = raw()
+    connection.send(
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    assert connection.read_response().status == 415
+    started = time.monotonic()
+    assert not _send_paced(connection, body, 10, 0.1), "the whole body was taken at 100 bytes/s"
+    assert connection.wait_closed(5)
+    assert BODY_GRACE * 0.9 <= time.monotonic() - started < BODY_GRACE + 3
+    with pytest.raises(ConnectionError):  # nothing came before the close
+        connection.read_response()
+
+
 H2C = (
     b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
     b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"

@@ -3,6 +3,11 @@
 Served under ``/admin`` only when ``auth.admin_key`` is set, and only to a request presenting
 that credential (``Authorization: Bearer <admin key>``). A created key is in the response to
 its creation and nowhere else, ever.
+
+Bodies are decoded here (`_body`), not by Litestar: Litestar takes a body field that fails
+validation and shares its name with one of its dependencies (``models`` did) for a broken
+dependency, and answers 500. Decoded here, a field of the wrong type or range is a 400 naming
+it, whatever the dependencies are called.
 """
 
 from __future__ import annotations
@@ -10,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
-from litestar import Controller, delete, get, patch, post, put
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
@@ -21,6 +26,7 @@ from .apikeys import KeyRecord
 from .errors import AuthenticationFailed, InvalidRequest, NotFound, ServiceUnavailable
 from .runtime import Runtime
 from .settings import LimitSettings
+from .validation import decode_body
 
 _User = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _UnixTime = Annotated[float, msgspec.Meta(ge=0, le=4_102_444_800)]  # until 2100
@@ -49,7 +55,7 @@ class KeyUpdate(msgspec.Struct, forbid_unknown_fields=True):
     team: str | msgspec.UnsetType | None = msgspec.UNSET
     tier: str | msgspec.UnsetType | None = msgspec.UNSET
     models: list[str] | msgspec.UnsetType | None = msgspec.UNSET
-    expires_at: float | msgspec.UnsetType | None = msgspec.UNSET
+    expires_at: _UnixTime | msgspec.UnsetType | None = msgspec.UNSET
     limits: LimitSettings | msgspec.UnsetType | None = msgspec.UNSET
 
 
@@ -105,8 +111,9 @@ class AdminController(Controller):
     path = "/admin"
 
     @post("/keys", status_code=201)
-    async def create_key(self, runtime: Runtime, data: KeyCreate) -> CreatedKey:
+    async def create_key(self, runtime: Runtime, request: Request[Any, Any, Any]) -> CreatedKey:
         """Issue a key; the response holds the key, which is never shown again."""
+        data = await _body(request, _key_create)
         _check_choices(runtime, data.tier, data.models)
         expires_at = data.expires_at
         if data.expires_in_days is not None:
@@ -133,8 +140,11 @@ class AdminController(Controller):
         return _view(await _get(runtime, key_id))
 
     @patch("/keys/{key_id:str}")
-    async def update_key(self, runtime: Runtime, key_id: str, data: KeyUpdate) -> KeyView:
+    async def update_key(
+        self, runtime: Runtime, key_id: str, request: Request[Any, Any, Any]
+    ) -> KeyView:
         """Change a key's limits, models, tier, team or expiry."""
+        data = await _body(request, _key_update)
         record = await _get(runtime, key_id)
         changes = {
             f.name: getattr(data, f.name)
@@ -171,8 +181,11 @@ class AdminController(Controller):
         return UserLimits(user, LimitSettings(**values))
 
     @put("/users/{user:str}/limits")
-    async def set_limits(self, runtime: Runtime, user: str, data: LimitSettings) -> UserLimits:
+    async def set_limits(
+        self, runtime: Runtime, user: str, request: Request[Any, Any, Any]
+    ) -> UserLimits:
         """Replace `user`'s overrides; they apply to the next request on every replica."""
+        data = await _body(request, _limits)
         name = runtime.redis_keys.user_override(user)
         mapping = {
             short: getattr(data, long)
@@ -196,6 +209,17 @@ class AdminController(Controller):
         name = runtime.redis_keys.user_override(user)
         await _redis(runtime).call(lambda r: r.delete(name), "limits")
         return UserLimits(user, LimitSettings())
+
+
+_key_create = msgspec.json.Decoder(KeyCreate)
+_key_update = msgspec.json.Decoder(KeyUpdate)
+_limits = msgspec.json.Decoder(LimitSettings)
+T = TypeVar("T")
+
+
+async def _body(request: Request[Any, Any, Any], decoder: msgspec.json.Decoder[T]) -> T:
+    """The request's JSON body, typed; a 400 naming the field otherwise."""
+    return decode_body(decoder, await request.body())
 
 
 def _keystore(runtime: Runtime) -> Any:

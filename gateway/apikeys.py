@@ -4,6 +4,10 @@ A key reads ``sk-gw-<key id>_<secret>``: the id (safe to log) says which record 
 secret is 32 bytes from the OS CSPRNG (256 bits). Only a digest of the whole key is stored,
 HMAC-SHA-256 with the server-side pepper when one is configured, else SHA-256, and it is
 compared in constant time. The key itself is shown once, when it is created.
+
+Checking a key costs the same whether its id exists or not (`KeyStore.find`): an id without a
+record is checked against a decoy record, decoded and compared like a real one, so the time of a
+refusal does not tell a caller which ids exist (`python -m bench.key_timing` measures both).
 """
 
 from __future__ import annotations
@@ -53,6 +57,23 @@ class KeyRecord(msgspec.Struct, omit_defaults=True):
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(KeyRecord)
 
+_DECOY: tuple[bytes, bytes, None] = (
+    _encoder.encode(
+        KeyRecord(
+            id="kdecoydecoyde",
+            hash="z" * 64,  # a digest is hexadecimal: no key ever matches this one
+            user="decoy@example.invalid",
+            created_at=round(time.time(), 3),
+            team="decoy",
+        )
+    ),
+    str(round(time.time(), 3)).encode(),
+    None,
+)
+"""What `KeyStore.find` decodes for an id without a record (record, last use, revocation),
+shaped like a key in use: refusing an unknown id costs what refusing a known id's wrong secret
+does."""
+
 
 def new_key() -> tuple[str, str]:
     """A fresh (key id, key)."""
@@ -79,9 +100,10 @@ class KeyHasher:
             return hashlib.sha256(key.encode()).hexdigest()
         return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
 
-    def matches(self, key: str, stored: str) -> bool:
-        """Constant-time comparison of `key`'s digest with a stored one."""
-        return hmac.compare_digest(self.digest(key), stored)
+    @staticmethod
+    def same(digest: str, stored: str) -> bool:
+        """Constant-time comparison of a key's digest with a stored one."""
+        return hmac.compare_digest(digest, stored)
 
 
 class KeyStore:
@@ -118,9 +140,27 @@ class KeyStore:
 
     async def get(self, key_id: str) -> KeyRecord | None:
         """The record of `key_id`, with its last use; None if there is none."""
+        raw, used, revoked = await self._read(key_id)
+        return None if raw is None else _decoded(raw, used, revoked)
+
+    async def find(self, key_id: str) -> KeyRecord:
+        """The record to check a presented key against: `key_id`'s own or, when it has none,
+        the decoy, decoded the same way.
+
+        The read is HMGET, not HGETALL: Redis answers three values (or three nils) either way,
+        and the client parses a reply of one shape; HGETALL's empty answer for an unknown id
+        came back measurably sooner (`bench.key_timing`)."""
+        raw, used, revoked = await self._read(key_id)
+        if raw is None:
+            raw, used, revoked = _DECOY
+        return _decoded(raw, used, revoked)
+
+    async def _read(self, key_id: str) -> tuple[bytes | None, bytes | None, bytes | None]:
         name = self._keys.key_record(key_id)
-        fields: dict[Any, Any] = await self._store.call(lambda r: r.hgetall(name), "key_get")
-        return _record(fields)
+        values: list[Any] = await self._store.call(
+            lambda r: r.hmget(name, "record", "last_used", "revoked"), "key_get"
+        )
+        return values[0], values[1], values[2]
 
     async def list(self, user: str | None = None) -> list[KeyRecord]:
         """Every record (of `user`, when given), oldest first."""
@@ -162,8 +202,9 @@ class KeyStore:
             # One key, so one Cluster slot: the record and its expiry change together.
             pipe = r.pipeline(transaction=True)
             pipe.hset(name, "record", _encoder.encode(stored))
-            if record.expires_at is not None:
-                pipe.expireat(name, int(record.expires_at) + EXPIRED_RECORD_KEPT)
+            if record.expires_at is not None:  # kept from its expiry, or from now if past
+                kept_from = max(record.expires_at, time.time())
+                pipe.expireat(name, int(kept_from) + EXPIRED_RECORD_KEPT)
             else:
                 pipe.persist(name)
             await pipe.execute()
@@ -175,11 +216,13 @@ def _record(fields: dict[Any, Any]) -> KeyRecord | None:
     raw = fields.get(b"record")
     if raw is None:
         return None
+    return _decoded(raw, fields.get(b"last_used"), fields.get(b"revoked"))
+
+
+def _decoded(raw: bytes, used: bytes | None, revoked: bytes | None) -> KeyRecord:
     record = _decoder.decode(raw)
-    used = fields.get(b"last_used")
     if used is not None:
         record.last_used_at = float(used)
-    revoked = fields.get(b"revoked")
     if revoked is not None:
         record.revoked_at = float(revoked)
     return record

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar import Litestar, Request, Response, asgi
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Receive, Scope, Send
+from litestar.utils import normalize_path
 
 from .admin import AdminController, admin_guard
-from .errors import GatewayError, InternalError, ServiceUnavailable, error_body
+from .cors import Cors
+from .errors import GatewayError, InternalError, ServiceUnavailable
 from .health import healthz, metrics, readyz
 from .models_api import ModelList, ModelsController, model_list
 from .redis_store import RedisUnavailable
+from .request_log import RequestLog, note_error, request_id_of
 from .runtime import OnReady, Runtime
 from .settings import Settings
 from .usage_api import CallerUsageController, UsageAdminController
+
+RESPONSES_PATH = "/v1/responses"
+PROBES = ("/healthz", "/readyz", "/metrics")
 
 
 def create_app(
@@ -41,36 +48,36 @@ def create_app(
     def provide_runtime() -> Runtime:
         return runtime
 
-    def request_id(request: Request[Any, Any, Any]) -> str:
-        return runtime.ids.for_scope(request.scope)
-
-    async def tag(response: Response[Any]) -> Response[Any]:
-        """Every answer of the other routes carries an `x-request-id` too."""
-        if "x-request-id" not in response.headers:
-            response.headers["x-request-id"] = runtime.ids.new()
-        return response
+    def render(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
+        """The one rendering of an error outside the hot path; its code and `param` go to
+        the request's log line."""
+        note_error(request.scope, error.code, error.param)
+        request_id = request_id_of(request.scope) or runtime.ids.for_scope(request.scope)
+        return Response(
+            error.body(),
+            status_code=error.status,
+            media_type="application/json",
+            headers={**error.headers, "x-request-id": request_id},
+        )
 
     def gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-        return _render(exc.status, exc.body(), exc.headers, request_id(request))
+        return render(request, exc)
 
     def redis_unavailable(
         request: Request[Any, Any, Any], _exc: RedisUnavailable
     ) -> Response[bytes]:
         error = ServiceUnavailable("Redis is unreachable; retry shortly.")
-        return _render(error.status, error.body(), {"retry-after": "1"}, request_id(request))
+        error.headers["retry-after"] = "1"
+        return render(request, error)
 
     def http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-        """Litestar's own errors (unknown path, wrong method) in the OpenAI shape."""
-        status = exc.status_code
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
-        kind = "server_error" if status >= 500 else "invalid_request_error"
-        body = error_body(str(exc.detail), kind, None, code)
-        return _render(status, body, dict(exc.headers or {}), request_id(request))
+        """Litestar's own errors (unknown path, wrong method, a query parameter missing or of
+        the wrong type) in the OpenAI shape."""
+        return render(request, _from_litestar(exc))
 
     def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         request.logger.exception("unhandled_error", path=request.url.path)
-        error = InternalError("The gateway failed to handle this request.")
-        return _render(error.status, error.body(), {}, request_id(request))
+        return render(request, InternalError("The gateway failed to handle this request."))
 
     async def caller_guard(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
         """/v1/models and /v1/usage take the same credentials as /v1/responses."""
@@ -81,7 +88,15 @@ def create_app(
 
     handlers: list[Any] = [
         asgi("/v1/responses", copy_scope=False)(responses),
-        type("Models", (ModelsController,), {"guards": [caller_guard]}),
+        type(
+            "Models",
+            (ModelsController,),
+            {  # `models` provided only where used (Litestar answers 500 to any parameter that
+                # fails validation and shares a dependency's name: see admin.py)
+                "guards": [caller_guard],
+                "dependencies": {"models": Provide(provide_models, sync_to_thread=False)},
+            },
+        ),
         healthz,
         readyz,
     ]
@@ -96,10 +111,8 @@ def create_app(
     app = Litestar(
         route_handlers=handlers,
         dependencies={
-            "models": Provide(provide_models, sync_to_thread=False),
             "runtime": Provide(provide_runtime, sync_to_thread=False),
         },
-        after_request=tag,
         lifespan=[runtime.lifespan],
         exception_handlers={
             GatewayError: gateway_error,
@@ -111,13 +124,51 @@ def create_app(
         logging_config=None,
     )
     app.state.runtime = runtime
+    # Around the whole app (routing included, so unknown paths too): CORS only when origins
+    # are configured, and the canonical line of every request the hot path does not log.
+    origins = settings.server.cors_origins
+    cors = Cors(app.asgi_handler, origins) if origins else None
+
+    def logs_itself(scope: Scope) -> bool:
+        """The hot path serves this request (and writes its line): /v1/responses as Litestar
+        routes it, except a CORS preflight, which `Cors` answers."""
+        path = scope["path"]
+        if path != RESPONSES_PATH and normalize_path(path) != RESPONSES_PATH:
+            return False
+        return cors is None or not cors.is_preflight(scope)
+
+    app.asgi_handler = RequestLog(
+        cors or app.asgi_handler, runtime.ids, runtime.log, logs_itself, PROBES
+    )
     return app
 
 
-def _render(status: int, body: bytes, headers: dict[str, str], request_id: str) -> Response[bytes]:
-    return Response(
-        body,
-        status_code=status,
-        media_type="application/json",
-        headers={**headers, "x-request-id": request_id},
+class _LitestarError(GatewayError):
+    """One of Litestar's own errors, with its status."""
+
+
+def _from_litestar(exc: HTTPException) -> GatewayError:
+    status = exc.status_code
+    error = _LitestarError(
+        str(exc.detail),
+        code={404: "not_found", 405: "method_not_allowed"}.get(status),
+        headers=dict(exc.headers or {}),
     )
+    error.status = status
+    error.type = "server_error" if status >= 500 else "invalid_request_error"
+    if not isinstance(exc, ValidationException):
+        return error
+    missing = _MISSING.match(error.message)
+    if missing:
+        error.param, error.code = missing.group(1), "missing_required_parameter"
+        error.message = f"Missing required parameter: '{error.param}'."
+    elif isinstance(exc.extra, list) and exc.extra and isinstance(exc.extra[0], dict):
+        first = exc.extra[0]  # {"message", "key", "source"}: a query or path parameter
+        if first.get("key"):
+            error.param, error.code = str(first["key"]), "invalid_value"
+            error.message = f"Invalid '{error.param}': {first.get('message', 'invalid value')}."
+    return error
+
+
+_MISSING = re.compile(r"^Missing required \w+ parameter '([^']+)'")
+"""Litestar's message for a required query parameter not given."""

@@ -6,7 +6,9 @@ every replica within that time. While Redis is unreachable under ``fail_open``, 
 the last hour keep working (nothing can be revoked while Redis is down anyway); under
 ``fail_closed`` a key that must be looked up gets 503.
 
-Every refusal says the same thing, whether the key exists or not.
+Every refusal says the same thing, whether the key exists or not, and takes as long: an id
+without a record is checked against a decoy (`KeyStore.find`). Where the credential is read from
+(three headers, never the URL) is `credentials`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ import asyncio
 import time
 from collections import OrderedDict
 from typing import Any
-from urllib.parse import parse_qsl
 
 import msgspec
 from litestar.types import Scope
 
 from .apikeys import KeyHasher, KeyRecord, KeyStore, key_id_of
-from .body import header
-from .errors import AuthenticationFailed, InvalidRequest, ServiceUnavailable
+from .credentials import presented, refuse_query_credentials
+from .errors import AuthenticationFailed, ServiceUnavailable
 from .metrics import Metrics
 from .redis_store import RedisUnavailable
 from .settings import AuthSettings, LimitSettings
@@ -33,11 +34,6 @@ STALE_FOR = 3600.0
 longer than any failover, short enough that a replica does not serve a key it has not been
 able to check for hours."""
 CACHE_ENTRIES = 20_000
-_QUERY_CREDENTIALS = frozenset({"api_key", "api-key", "apikey", "key", "access_token", "token"})
-_NO_KEY = (
-    "You didn't provide an API key. You need to provide your API key in an Authorization "
-    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-)
 _BAD_KEY = "Incorrect API key provided. Check the key, or ask an administrator for a new one."
 
 
@@ -92,7 +88,7 @@ class Authenticator:
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._sso = JwtVerifier(settings.sso) if settings.sso is not None else None
         self._touching: set[asyncio.Task[None]] = set()
-        self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._lookups: dict[str, asyncio.Future[KeyRecord]] = {}
         self.policy_uses = 0
         """Requests authenticated from a stale cache entry because Redis was unreachable."""
 
@@ -105,17 +101,12 @@ class Authenticator:
             await self._sso.close()
 
     async def authenticate(self, scope: Scope) -> tuple[Identity, bool]:
-        """The caller of `scope`, or `AuthenticationFailed` (401); and whether Redis just
-        failed to answer for it (the key came from the cache under ``fail_open``): the request
-        then skips Redis for its quota too, instead of waiting a second timeout."""
-        _refuse_query_credentials(scope)
-        value = header(scope, b"authorization")
-        if value is None:
-            raise AuthenticationFailed(_NO_KEY)
-        scheme, _, credential = value.decode("latin-1").partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise AuthenticationFailed(_NO_KEY)
+        """The caller of `scope`, or `AuthenticationFailed` (401), or `InvalidRequest` (400)
+        for a credential in the URL or two different ones; and whether Redis just failed to
+        answer for it (the key came from the cache under ``fail_open``): the request then skips
+        Redis for its quota too, instead of waiting a second timeout."""
+        refuse_query_credentials(scope, self._configured_key)
+        credential = presented(scope)
         digest = self._hasher.digest(credential)
         configured = self._configured.get(digest)
         if configured is not None:
@@ -123,7 +114,7 @@ class Authenticator:
         key_id = key_id_of(credential)
         degraded = False
         if key_id is not None and self._keystore is not None:
-            identity, degraded = await self._issued_key(digest, key_id, credential)
+            identity, degraded = await self._issued_key(digest, key_id)
         elif self._sso is not None and looks_like_jwt(credential):
             identity = await self._sso_token(credential)
         else:
@@ -132,7 +123,12 @@ class Authenticator:
             raise AuthenticationFailed(_BAD_KEY)
         return identity, degraded
 
-    async def _issued_key(self, digest: str, key_id: str, key: str) -> tuple[Identity | None, bool]:
+    def _configured_key(self, value: str) -> bool:
+        """Is `value` one of the keys configured by digest (any format, so only its digest
+        tells)?"""
+        return bool(self._configured) and self._hasher.digest(value) in self._configured
+
+    async def _issued_key(self, digest: str, key_id: str) -> tuple[Identity | None, bool]:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and now < cached.fresh_until:
@@ -152,18 +148,18 @@ class Authenticator:
                 code="auth_unavailable",
                 headers={"retry-after": "1"},
             ) from None
-        identity = _identity(record, key, self._hasher)
+        identity = _identity(record, digest)
         self._remember(digest, identity, now)
         if identity is not None:
             self._touch(key_id)
         return identity, False
 
-    async def _lookup(self, key_id: str) -> KeyRecord | None:
+    async def _lookup(self, key_id: str) -> KeyRecord:
         """One Redis read per key at a time: a burst on a cold key shares the first lookup."""
         pending = self._lookups.get(key_id)
         if pending is None:
             assert self._keystore is not None
-            pending = asyncio.ensure_future(self._keystore.get(key_id))
+            pending = asyncio.ensure_future(self._keystore.find(key_id))
             self._lookups[key_id] = pending
             pending.add_done_callback(lambda _: self._lookups.pop(key_id, None))
         return await asyncio.shield(pending)
@@ -197,9 +193,10 @@ class Authenticator:
             task.exception()  # RedisStore logged it; the last use is informative only
 
 
-def _identity(record: KeyRecord | None, key: str, hasher: KeyHasher) -> Identity | None:
-    """The identity a record grants `key`, if it matches and is usable."""
-    if record is None or not hasher.matches(key, record.hash) or not record.usable(time.time()):
+def _identity(record: KeyRecord, digest: str) -> Identity | None:
+    """The identity a record (or the decoy) grants the key of `digest`, if it matches and is
+    usable."""
+    if not KeyHasher.same(digest, record.hash) or not record.usable(time.time()):
         return None
     return Identity(
         user=record.user,
@@ -209,17 +206,3 @@ def _identity(record: KeyRecord | None, key: str, hasher: KeyHasher) -> Identity
         models=frozenset(record.models) if record.models is not None else None,
         key_limits=record.limits,
     )
-
-
-def _refuse_query_credentials(scope: Scope) -> None:
-    """Credentials in a URL end up in proxy and browser logs: refuse them outright."""
-    query = scope.get("query_string", b"")
-    if not query:
-        return
-    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-        if name.lower() in _QUERY_CREDENTIALS or value.startswith("sk-"):
-            raise InvalidRequest(
-                "Credentials are not accepted in the URL: send them in the Authorization "
-                "header (Authorization: Bearer YOUR_KEY).",
-                code="credentials_in_query",
-            )

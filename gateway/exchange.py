@@ -41,6 +41,8 @@ class Exchange:
     status: int = 0
     upstream_status: int | None = None
     error_code: str | None = None
+    error_param: str | None = None
+    """The request field a 4xx names (its error's `param`)."""
     stream_error: str | None = None
     first_byte_at: float | None = None
     first_token_at: float | None = None

@@ -12,6 +12,11 @@ keep connections alive.
 - A reused connection the server closed before answering one byte is retried once on a fresh
   connection: the server dropped it as idle and never read the request.
 - `read_timeout` bounds every wait for the peer: the response head and each body chunk.
+- The exchange is exact (see `_Connection`): 1xx interim answers are dropped, a final status
+  outside 200-599 or any framing anomaly is a `ProtocolError`, and a connection is reused only
+  after exactly one complete answer with not one byte after it.
+- Memory is bounded: the head (with interim answers) by `_MAX_HEAD_BYTES` and `_MAX_HEADERS`,
+  a body read whole by `max_body_bytes`, a streamed body by the flow control below.
 - Flow control: reading from the upstream pauses while more than 256 KiB wait for the client.
 
 Errors (`UpstreamError` and subclasses) are mapped to client-facing ones in `upstream`.
@@ -29,6 +34,10 @@ from urllib.parse import urlsplit
 import httptools
 
 _HIGH_WATER = 256 * 1024
+_MAX_HEAD_BYTES = 256 * 1024
+"""Most bytes a response head may take, interim responses before it included."""
+_MAX_HEADERS = 256
+_REASON_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 
 
 class UpstreamError(Exception):
@@ -48,7 +57,11 @@ class Disconnected(UpstreamError):
 
 
 class ProtocolError(UpstreamError):
-    """The upstream's bytes are not HTTP/1.1."""
+    """The upstream's bytes are not an HTTP/1.1 answer the gateway can relay."""
+
+
+class TooLarge(UpstreamError):
+    """The upstream's body is larger than the caller accepts."""
 
 
 class Response:
@@ -100,9 +113,21 @@ class Response:
             else:
                 await self._wait()
 
-    async def read(self) -> bytes:
-        """The whole body."""
-        parts = [chunk async for chunk in self.iter_chunks()]
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; `TooLarge` as soon as it is known to exceed `limit` bytes (by
+        default the pool's `max_body_bytes`)."""
+        if limit is None:
+            limit = self._conn.pool.max_body_bytes
+        declared = self.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise TooLarge(f"the upstream's body of {int(declared)} bytes exceeds {limit}")
+        parts: list[bytes] = []
+        total = 0
+        async for chunk in self.iter_chunks():
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge(f"the upstream's body exceeds {limit} bytes")
+            parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
@@ -135,8 +160,18 @@ class Response:
         self._wake()
 
 
+class _Trailing(Exception):
+    """Raised inside the parser when a second message begins after the final one."""
+
+
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection and its parser; carries one exchange at a time."""
+    """One keep-alive connection; carries one exchange at a time, each with a parser of its own.
+
+    The exchange is exact: interim (1xx) responses are read and dropped, the final response is
+    the one answer to the one request sent, and anything the peer sends after it (a byte, a
+    second response, bytes while the connection sits idle) or any parser anomaly means the
+    connection is closed, never reused: a stray answer must not reach the next request.
+    """
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -147,9 +182,13 @@ class _Connection(asyncio.Protocol):
         self.used = False
         self.holds_slot = True
         """Counted among the pool's open connections until it closes."""
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = None
         self._response: Response | None = None
         self._head: asyncio.Future[None] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._interim = False
+        self._complete = False
         self._received = False
         self._until_eof = True
         self._keep_alive = False
@@ -162,11 +201,30 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ProtocolError(f"invalid HTTP from upstream: {exc}"))
+        parser = self._parser
+        if parser is None or self._complete:
+            # unsolicited: while idle, or after the answer was complete
             self._close()
+            return
+        waiting_for_head = self._head is not None
+        try:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parser = None  # a parser that failed is never fed again
+            if not self._complete:
+                cause = exc.__context__
+                self._fail(
+                    cause
+                    if isinstance(cause, ProtocolError)
+                    else ProtocolError(f"invalid HTTP from upstream: {type(exc).__name__} {exc}")
+                )
+            self._close()  # a second message, or bytes that are not HTTP, after the answer
+            return
+        if waiting_for_head and self._head is not None:
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD_BYTES:
+                self._fail(ProtocolError("the upstream's response head is too large"))
+                self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -180,25 +238,44 @@ class _Connection(asyncio.Protocol):
             self._fail(Disconnected("the upstream closed the connection before answering"))
         self.pool.discard(self)
 
-    # httptools callbacks
+    # httptools callbacks (the parser exists only during an exchange)
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _Trailing
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        # RFC 9112 §4: HTAB, SP, visible characters and obs-text; llhttp lets controls pass
+        if reason.translate(None, _REASON_BYTES):
+            raise ProtocolError("the upstream's status line holds control characters")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._response is None:  # the parser only runs during an exchange
-            return
-        self._response.raw_headers.append((name, value))
-        lowered = name.lower()
-        if lowered in (b"content-length", b"transfer-encoding"):
-            self._until_eof = False
+        headers = self._headers
+        headers.append((name, value.rstrip(b" \t")))  # llhttp keeps trailing whitespace
+        if len(headers) > _MAX_HEADERS:
+            raise ProtocolError(f"the upstream sent more than {_MAX_HEADERS} headers")
 
     def on_headers_complete(self) -> None:
-        response, head = self._response, self._head
-        if response is None or head is None:
+        parser, response = self._parser, self._response
+        if parser is None or response is None:  # never: the parser lives with the exchange
             return
-        response.status = self._parser.get_status_code()
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._interim = True  # 100 Continue, 103 Early Hints...: the answer is still to come
+            return
+        if not 200 <= status <= 599:
+            raise ProtocolError(f"the upstream answered with status {status}, not a final one")
+        response.status = status
+        response.raw_headers, self._headers = self._headers, []  # trailers are not headers
+        self._until_eof = not any(
+            name.lower() in (b"content-length", b"transfer-encoding")
+            for name, _ in response.raw_headers
+        )
         # httptools answers this only while the message is being parsed, not after it
-        self._keep_alive = self._parser.should_keep_alive()
-        self._head = None
-        if not head.done():
+        self._keep_alive = parser.should_keep_alive()
+        head, self._head = self._head, None
+        if head is not None and not head.done():
             head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
@@ -206,6 +283,10 @@ class _Connection(asyncio.Protocol):
             self._response._feed(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._complete = True
         if self._response is not None:
             self._response._finish()
 
@@ -215,6 +296,11 @@ class _Connection(asyncio.Protocol):
         """Send a request; returns its response and the future of its head."""
         self._response = response = Response(self)
         self._head = head = self.loop.create_future()
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers = []
+        self._head_bytes = 0
+        self._interim = False
+        self._complete = False
         self._received = False
         self._until_eof = True
         self._keep_alive = False
@@ -249,12 +335,21 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def finish(self, reusable: bool) -> None:
-        """The exchange is over; keep the connection for the next one or close it."""
+        """The exchange is over; keep the connection for the next one only if exactly one
+        complete answer was read and nothing came after it."""
         if self._response is None:
             return
-        keep = reusable and not self.closed and self._keep_alive
+        keep = (
+            reusable
+            and self._complete
+            and self._parser is not None
+            and not self.closed
+            and self._keep_alive
+        )
         self._response = None
         self._head = None
+        self._parser = None
+        self._headers = []
         self.resume()
         if keep:
             self.pool.put_back(self)
@@ -291,6 +386,7 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
         idle_timeout: float,
+        max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         parts = urlsplit(base_url)
         self.loop = asyncio.get_running_loop()
@@ -305,6 +401,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
+        self.max_body_bytes = max_body_bytes
         self._idle: list[_Connection] = []
         self._open = 0
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()

@@ -9,7 +9,6 @@ upstream request as soon as the client goes away.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import time
 import zlib
 from typing import Any
@@ -95,7 +94,7 @@ class ResponsesEndpoint:
         try:
             await self._handle(ex, scope, receive, send)
         except GatewayError as exc:
-            ex.error_code = exc.code
+            ex.error_code, ex.error_param = exc.code, exc.param
             if isinstance(exc, RateLimited):
                 ex.rate_limit = (exc.limit, exc.scope)
             if not ex.response_started:
@@ -168,7 +167,7 @@ class ResponsesEndpoint:
         self, ex: Exchange, scope: Scope, send: Send, route: Route, body: bytes
     ) -> None:
         headers = upstream_headers(
-            scope["headers"], route.fixed_headers, route.fixed_names, ex.request_id
+            scope["headers"], route.forwarded, route.fixed_headers, ex.request_id, ex.caller
         )
         response = await self._upstreams.post(
             route.provider, route.path, route.upstream_body(body), headers
@@ -189,11 +188,12 @@ class ResponsesEndpoint:
                     f"(HTTP {response.status}); check its base_url.",
                 )
             content_type = response.header(b"content-type") or b""
+            limits = self._upstreams.settings(route.provider)
             if response.status == 200 and content_type.startswith(_SSE):
-                finished = await self._stream(ex, send, response)
+                finished = await self._stream(ex, send, response, limits.max_event_bytes)
             else:
                 ex.first_byte_at = time.perf_counter()  # headers and body come together
-                await _relay_body(ex, send, response, route.provider)
+                await _relay_body(ex, send, response, route.provider, limits.max_response_bytes)
                 finished = True
         finally:
             if finished:
@@ -201,15 +201,15 @@ class ResponsesEndpoint:
             else:
                 response.close()  # the upstream sees the connection close
 
-    async def _stream(self, ex: Exchange, send: Send, response: Response) -> bool:
+    async def _stream(self, ex: Exchange, send: Send, response: Response, max_line: int) -> bool:
         """Relay a stream, counted in flight, its progress saved while it runs."""
         ledger = self._ledger if ex.caller is not None else None
         if self._metrics is None:
-            return await _relay_stream(ex, send, response, ledger)
+            return await _relay_stream(ex, send, response, ledger, max_line)
         in_flight = self._metrics.streams(ex.model)
         in_flight.inc()
         try:
-            return await _relay_stream(ex, send, response, ledger)
+            return await _relay_stream(ex, send, response, ledger, max_line)
         finally:
             in_flight.dec()
 
@@ -275,6 +275,7 @@ async def _relay_stream(
     send: Send,
     response: Response,
     ledger: Ledger | None = None,
+    max_line: int = 16 * 1024 * 1024,
 ) -> bool:
     """Send the upstream's SSE chunks as they come; False when the upstream broke off. The
     `ledger` saves the stream's progress while it runs."""
@@ -288,7 +289,7 @@ async def _relay_stream(
     ex.status = response.status
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     ex.response_started = True
-    tap = StreamTap()
+    tap = StreamTap(max_line)
     if ledger is not None:
         ledger.follow(ex, tap)
     try:
@@ -349,11 +350,13 @@ def _record(ex: Exchange, tap: StreamTap) -> None:
     ex.output_estimate = tap.frames
 
 
-async def _relay_body(ex: Exchange, send: Send, response: Response, provider: str) -> None:
+async def _relay_body(
+    ex: Exchange, send: Send, response: Response, provider: str, limit: int
+) -> None:
     body = await read_all(response, provider)
     headers = downstream_headers(response.raw_headers, ex.request_id.encode())
     status = response.status
-    if status >= 400 and not _is_error_envelope(body, response):
+    if status >= 400 and not _is_error_envelope(_decoded(body, response, limit)):
         kind = "server_error" if status >= 500 else "invalid_request_error"
         body = error_body(
             f"The upstream provider '{provider}' answered HTTP {status} without an error body.",
@@ -364,7 +367,7 @@ async def _relay_body(ex: Exchange, send: Send, response: Response, provider: st
         headers = [(n, v) for n, v in headers if n not in (b"content-type", b"content-encoding")]
         headers.append((b"content-type", b"application/json"))
     elif status == 200:
-        ex.outcome = outcome_from_response(_decoded(body, response))
+        ex.outcome = outcome_from_response(_decoded(body, response, limit))
         ex.output_estimate = len(body) // 4
     if ex.ratelimit_headers:
         headers.extend(ex.ratelimit_headers)
@@ -376,22 +379,31 @@ async def _relay_body(ex: Exchange, send: Send, response: Response, provider: st
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _decoded(body: bytes, response: Response) -> bytes:
-    """The body as JSON text, for reading usage only (the client gets the original bytes)."""
-    encoding = (response.header(b"content-encoding") or b"identity").lower()
-    try:
-        if encoding == b"gzip":
-            return gzip.decompress(body)
-        if encoding == b"deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError):
+def _decoded(body: bytes, response: Response, limit: int) -> bytes:
+    """The body as JSON text, for reading usage only (the client gets the original bytes);
+    empty when it cannot be read, or would inflate to more than `limit` bytes."""
+    encoding = (response.header(b"content-encoding") or b"identity").strip().lower()
+    if encoding == b"identity":
+        return body
+    if encoding not in _WBITS:
         return b""
-    return body
-
-
-def _is_error_envelope(body: bytes, response: Response) -> bool:
+    inflater = zlib.decompressobj(_WBITS[encoding])
     try:
-        return isinstance(_envelope_decoder.decode(_decoded(body, response)).error, dict)
+        text = inflater.decompress(body, limit)
+    except zlib.error:
+        return b""
+    if inflater.unconsumed_tail or not inflater.eof:
+        return b""  # larger than `limit`, or truncated
+    return text
+
+
+# zlib's window bits: gzip's header and trailer, zlib's (what HTTP calls deflate)
+_WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
+
+
+def _is_error_envelope(text: bytes) -> bool:
+    try:
+        return isinstance(_envelope_decoder.decode(text).error, dict)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return False
 

@@ -74,6 +74,8 @@ class UsageRecord(msgspec.Struct, omit_defaults=True, gc=False):
     response_status: str | None = None
     client_disconnected: bool = False
     interrupted: bool = False
+    param: str | None = None
+    """The request field an error names (``temperature``, ``tools[0].name``...)."""
 
     def day(self) -> str:
         """The UTC day the request arrived, ``YYYY-MM-DD``."""
@@ -167,6 +169,7 @@ def _record(
         outcome.status if outcome is not None else None,
         ex.client_disconnected,
         ex.interrupted,
+        ex.error_param,
     )
 
 

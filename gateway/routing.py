@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .errors import ModelNotFound
+from .headers import FORWARDED
 from .settings import EMBEDDED, ProviderSettings, Settings
 
 _encoder = msgspec.json.Encoder()
@@ -26,8 +27,10 @@ class Route:
     fixed_headers: bytes = field(repr=False)
     """Header lines the gateway sets on every upstream request (credentials included: never
     log), encoded once."""
-    fixed_names: frozenset[bytes]
-    """Lower-case names of those headers: the client's own of the same name are not sent."""
+    forwarded: frozenset[bytes]
+    """Lower-case names of the client headers sent on: `headers.FORWARDED` and the provider's
+    `forward_headers` (for the embedded upstream, its steering headers too), less the names of
+    `fixed_headers`."""
     drop_fields: frozenset[str]
 
     @property
@@ -65,7 +68,7 @@ class Router:
                 upstream_model=model.upstream_model or model.name,
                 path=(urlsplit(base).path.rstrip("/") + "/responses").encode(),
                 fixed_headers=b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in fixed.items()),
-                fixed_names=frozenset(k.encode() for k in fixed),
+                forwarded=_forwarded(provider) - {k.encode() for k in fixed},
                 drop_fields=frozenset(provider.drop_fields),
             )
 
@@ -84,3 +87,12 @@ def _fixed_headers(provider: ProviderSettings) -> dict[str, str]:
     if provider.api_key and provider.base_url != EMBEDDED:
         headers["authorization"] = f"Bearer {provider.api_key}"
     return headers
+
+
+def _forwarded(provider: ProviderSettings) -> frozenset[bytes]:
+    names = [*provider.forward_headers]
+    if provider.base_url == EMBEDDED:
+        from .mock import STEERING_HEADERS  # only needed in this mode
+
+        names += STEERING_HEADERS
+    return FORWARDED | {name.lower().encode() for name in names}

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from .headers import forwardable
+
 EMBEDDED = "embedded"
 """`base_url` value that selects the built-in upstream, started inside the gateway process."""
 
@@ -24,6 +26,8 @@ _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+_ORIGIN = r"^(\*|[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+)$"
+"""A CORS origin: scheme://host[:port] as a browser sends it in `Origin`, or `*`."""
 
 
 _ENUMS = {
@@ -51,6 +55,11 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``stream_options.include_usage`` on /v1/responses: list ``stop`` and ``stream_options``)."""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     """Extra headers sent with every upstream request (e.g. ``OpenAI-Organization``)."""
+    forward_headers: tuple[str, ...] = ()
+    """Client request headers forwarded to this provider besides those every provider gets
+    (``gateway/headers.py``, ``FORWARDED``), e.g. ``[anthropic-version]``. Never one the
+    gateway owns or withholds (credentials, cookies, framing, client addresses), nor one
+    `headers` sets. An ``embedded`` provider also gets the mock's steering headers."""
     connect_timeout: PositiveFloat = 5.0
     """Seconds to open a connection before answering 502."""
     read_timeout: PositiveFloat = 600.0
@@ -61,6 +70,12 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     idle_timeout: PositiveFloat = 4.0
     """Seconds an idle keep-alive connection is kept for reuse; below the provider's own
     keep-alive timeout (uvicorn-based servers such as vLLM close after 5 s)."""
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+    """Largest non-streamed answer relayed (the client gets 502 beyond it), and the most bytes
+    a compressed answer is inflated to when the gateway reads its usage."""
+    max_event_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+    """Longest line of a streamed answer the gateway's usage reader holds. A longer line still
+    reaches the client unchanged; it is not read, so the stream's usage is then estimated."""
 
 
 class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -113,6 +128,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """After SIGTERM: readiness fails, no new connection is accepted, and requests in flight
     (streams included) get this long to finish before they are cut; then the usage ledger is
     written out (up to 10 s) and the process exits."""
+    cors_origins: tuple[Annotated[str, msgspec.Meta(pattern=_ORIGIN)], ...] = ()
+    """Web origins (``https://app.example.com``, no path) whose pages may call ``/v1/``
+    from a browser, or ``*`` for any; none: no CORS headers at all (see ``cors.py``)."""
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -392,6 +410,7 @@ def _check_references(settings: Settings, source: str) -> None:
                     f"{source}: providers.{name}.headers.{header}: expected a header name "
                     "(letters, digits, -) and a value on one line"
                 )
+        _check_forward_headers(name, provider, source)
         url = provider.base_url
         if url != EMBEDDED and not re.match(r"^https?://[^/\s]+", url):
             raise ConfigError(
@@ -413,6 +432,26 @@ def _check_references(settings: Settings, source: str) -> None:
             f"({10 * ledger.orphan_seconds:g}), got {ledger.dedupe_seconds}: a stream's record "
             "and the one written from its save could then both count"
         )
+
+
+def _check_forward_headers(name: str, provider: ProviderSettings, source: str) -> None:
+    fixed = {header.lower() for header in provider.headers}
+    for index, header in enumerate(provider.forward_headers):
+        where = f"{source}: providers.{name}.forward_headers[{index}]"
+        if not _HEADER_NAME.match(header):
+            raise ConfigError(
+                f"{where}: expected a header name (letters, digits, -), got `{header}`"
+            )
+        if not forwardable(header):
+            raise ConfigError(
+                f"{where}: `{header}` is never forwarded: the gateway sets it or withholds it "
+                "(credentials, cookies, framing, client addresses)"
+            )
+        if header.lower() in fixed:
+            raise ConfigError(
+                f"{where}: `{header}` is also set in providers.{name}.headers, which replaces "
+                "the client's: list it in one of them"
+            )
 
 
 def _check_auth(settings: Settings, source: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .errors import BadGateway, GatewayTimeout
-from .http1 import Pool, Response, UpstreamError
+from .http1 import Pool, Response, TooLarge, UpstreamError
 from .settings import ProviderSettings
 
 
@@ -31,6 +31,7 @@ class Upstreams:
                 connect_timeout=provider.connect_timeout,
                 read_timeout=provider.read_timeout,
                 idle_timeout=provider.idle_timeout,
+                max_body_bytes=provider.max_response_bytes,
             )
 
     async def close(self) -> None:
@@ -38,6 +39,10 @@ class Upstreams:
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             pool.close()
+
+    def settings(self, provider: str) -> ProviderSettings:
+        """The configuration of one provider."""
+        return self._providers[provider]
 
     async def post(self, provider: str, path: bytes, body: bytes, headers: bytes) -> Response:
         """Send the request and return once the response head is in."""
@@ -56,6 +61,11 @@ def mapped_errors(provider: str, timed_out: str, failed: str) -> Iterator[None]:
     """Client errors, translated once: a timeout is a 504, any other failure a 502."""
     try:
         yield
+    except TooLarge as exc:
+        raise BadGateway(
+            f"The upstream provider '{provider}' sent an answer larger than the gateway relays.",
+            code="upstream_response_too_large",
+        ) from exc
     except TimeoutError as exc:
         raise GatewayTimeout(
             f"The upstream provider '{provider}' {timed_out}.", code="upstream_timeout"

@@ -8,7 +8,7 @@ and the official OpenAPI spec.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -19,6 +19,7 @@ _Str512 = Annotated[str, msgspec.Meta(max_length=512)]
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOOL_CHOICE_MODES = ("none", "auto", "required")
 _PATH = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
+T = TypeVar("T")
 
 
 class ResponsesRequest(msgspec.Struct, frozen=True):
@@ -44,10 +45,18 @@ _decoder = msgspec.json.Decoder(ResponsesRequest)
 
 def parse_request(body: bytes) -> ResponsesRequest:
     """Decode `body` and apply every rule; raise `InvalidRequest` naming the field."""
+    request = decode_body(_decoder, body)
+    _check(request)
+    return request
+
+
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """A JSON request body decoded by `decoder` (typed), or `InvalidRequest` naming the field
+    (its `param`) that is missing, unknown or of the wrong type or range."""
     if not body.strip():
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
-        request = _decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise _invalid(str(exc)) from None
     except msgspec.DecodeError as exc:
@@ -56,8 +65,6 @@ def parse_request(body: bytes) -> ResponsesRequest:
         raise InvalidRequest("The request body is not valid UTF-8.") from None
     except RecursionError:
         raise InvalidRequest("The request body is nested too deeply.") from None
-    _check(request)
-    return request
 
 
 def _invalid(message: str) -> InvalidRequest:
@@ -69,7 +76,9 @@ def _invalid(message: str) -> InvalidRequest:
     if detail.startswith("Object missing required field `"):
         field = detail.split("`")[1]
         return _missing(f"{param}.{field}" if param else field)
-    if detail.startswith("Object contains unknown field"):
+    if detail.startswith("Object contains unknown field `"):
+        field = detail.split("`")[1]  # the Struct forbids unknown fields (the admin API's do)
+        param = f"{param}.{field}" if param else field
         return InvalidRequest(
             f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter"
         )

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.mock import STEERING_HEADERS as MOCK_STEERING
 from tests.support.procs import ServerProcess, free_port, python_module
 from tests.support.redis_server import RedisServer
+from tests.support.scripted_upstream import STEERING_HEADERS as SCRIPTED_STEERING
 
 PROVIDER_KEY = "sk-provider-Zx81secretvalue-never-logged"
 """The provider key every test gateway injects upstream; it must never reach a client or log."""
@@ -100,11 +102,13 @@ def gateway(gateway_factory: GatewayFactory, scripted_upstream: ServerProcess) -
                     "base_url": scripted_upstream.url + "/v1",
                     "api_key": "${PROVIDER_KEY}",
                     "read_timeout": 3,
+                    "forward_headers": list(SCRIPTED_STEERING),
                 },
                 "strict": {
                     "base_url": scripted_upstream.url + "/v1",
                     "api_key": "${PROVIDER_KEY}",
                     "drop_fields": ["stop", "stream_options"],
+                    "forward_headers": list(SCRIPTED_STEERING),
                 },
                 "nowhere": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "k"},
             },
@@ -126,7 +130,11 @@ def mock_gateway(gateway_factory: GatewayFactory, mock_upstream: ServerProcess) 
     return gateway_factory(
         {
             "providers": {
-                "mock": {"base_url": mock_upstream.url + "/v1", "api_key": "${PROVIDER_KEY}"}
+                "mock": {
+                    "base_url": mock_upstream.url + "/v1",
+                    "api_key": "${PROVIDER_KEY}",
+                    "forward_headers": list(MOCK_STEERING),
+                }
             },
             "models": [{"name": "mock-gpt", "provider": "mock"}],
             "auth": {"enabled": False},

@@ -200,7 +200,8 @@ def test_key_lifecycle_through_the_admin_api(
         bad = admin.post("/admin/keys", json={"user": "life", "tier": "platinum"})
         _error(bad, 400, None)
         _error(admin.get("/admin/keys/knothere000000"), 404, "key_not_found")
-        _error(admin.post("/admin/keys", json={"team": "no user"}), 400, None)
+        missing = admin.post("/admin/keys", json={"team": "no user"})
+        assert _error(missing, 400, "missing_required_parameter")["param"] == "user"
 
         assert admin.delete(f"/admin/keys/{key_id}").json()["status"] == "revoked"
     # Redis holds a digest of the key, never the key

@@ -24,6 +24,7 @@ from tests.conftest import GatewayFactory, eventually, log_lines, upstream_reque
 from tests.streams import edge_case_streams
 from tests.support.procs import ServerProcess
 from tests.support.raw_http import RawConnection, RawResponse
+from tests.support.scripted_upstream import STEERING_HEADERS
 
 HEADER_TIMEOUT = 1.0
 BODY_GRACE = 1.0
@@ -37,7 +38,13 @@ def front(gateway_factory: GatewayFactory, scripted_upstream: ServerProcess) -> 
     """A gateway in front of the scripted upstream, with short timeouts for slow clients."""
     return gateway_factory(
         {
-            "providers": {"scripted": {"base_url": scripted_upstream.url + "/v1", "api_key": "k"}},
+            "providers": {
+                "scripted": {
+                    "base_url": scripted_upstream.url + "/v1",
+                    "api_key": "k",
+                    "forward_headers": list(STEERING_HEADERS),  # x-replay-file
+                }
+            },
             "models": [{"name": "scripted", "provider": "scripted"}],
             "server": {
                 "max_body_bytes": MAX_BODY,

@@ -11,7 +11,14 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.http1 import ConnectError, Disconnected, Pool, ProtocolError, UpstreamTimeout
+from gateway.http1 import (
+    ConnectError,
+    Disconnected,
+    Pool,
+    ProtocolError,
+    TooLarge,
+    UpstreamTimeout,
+)
 from tests.support.procs import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -311,5 +318,96 @@ def test_slow_reader_pauses_upstream() -> None:
         await asyncio.sleep(1.0)  # do not read: the server's drain must block and time out
         assert sum(sent) < 16 * 1024 * 1024
         response.close()
+
+    _run(handler, scenario)
+
+
+def test_bytes_while_idle_close_the_connection() -> None:
+    """An unsolicited answer arriving while the connection sits idle closes it: the next
+    request opens a fresh connection and gets its own answer, not the stray one."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray")
+        await writer.drain()
+        while True:  # a connection that misbehaved once, still answering
+            await _read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    async def scenario(pool: Pool, accepted: list[int]) -> None:
+        response = await pool.request(b"/v1/responses", b"", b"")
+        assert await response.read() == b"{}"
+        response.release()
+        await asyncio.sleep(0.2)
+        response = await pool.request(b"/v1/responses", b"", b"")
+        assert await response.read() == b"{}"
+        response.release()
+        assert len(accepted) == 2
+
+    _run(handler, scenario)
+
+
+def test_a_body_over_the_limit_is_too_large() -> None:
+    """`read` stops at `max_body_bytes`, whether the length is declared or the body runs on."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n" + b"x" * 5000)
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(10):
+            writer.write(b"3e8\r\n" + b"y" * 1000 + b"\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async def scenario(pool: Pool, _accepted: list[int]) -> None:
+        for _ in range(2):
+            response = await pool.request(b"/v1/responses", b"", b"")
+            with pytest.raises(TooLarge):
+                await response.read()
+            response.close()
+
+    _run(handler, scenario, max_body_bytes=4096)
+
+
+def test_an_endless_head_is_a_protocol_error() -> None:
+    """A response head (interim answers included) past 256 KiB is a `ProtocolError`."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nx-long: ")
+        for _ in range(64):
+            writer.write(b"v" * 8192)
+            await writer.drain()
+        await reader.read()
+
+    async def scenario(pool: Pool, _accepted: list[int]) -> None:
+        with pytest.raises(ProtocolError):
+            await pool.request(b"/v1/responses", b"", b"")
+
+    _run(handler, scenario)
+
+
+def test_trailers_are_not_headers() -> None:
+    """Trailer fields of a chunked answer are not added to its headers."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n"
+            b"0\r\nset-cookie: a=b\r\ncontent-type: text/html\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    async def scenario(pool: Pool, _accepted: list[int]) -> None:
+        response = await pool.request(b"/v1/responses", b"", b"")
+        assert await response.read() == b"{}"
+        assert response.raw_headers == [(b"transfer-encoding", b"chunked")]
+        response.release()
 
     _run(handler, scenario)

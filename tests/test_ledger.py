@@ -158,6 +158,7 @@ def test_a_record_takes_each_field_from_its_own_source() -> None:
         100.002,
     )
     ex.method, ex.path, ex.upstream_status, ex.error_code = "PUT", "/v1/x", 502, "code"
+    ex.error_param = "tools[0].name"
     ex.stream_error, ex.terminal_event = "upstream_timeout", "response.incomplete"
     ex.client_disconnected, ex.checkpointed, ex.body_size = True, False, 400
     record = record_of(ex)
@@ -197,6 +198,7 @@ def test_a_record_takes_each_field_from_its_own_source() -> None:
         "response_status": "incomplete",
         "client_disconnected": True,
         "interrupted": False,
+        "param": "tools[0].name",
     }
     ex.provider, ex.interrupted, ex.outcome = None, True, None  # a model it does not serve
     unserved = record_of(ex)

@@ -19,12 +19,14 @@ import aiohttp
 import httpx
 import pytest
 
+from gateway.mock import STEERING_HEADERS as MOCK_STEERING
 from gateway.redis_keys import RedisKeys
 from tests.conftest import GatewayFactory, eventually
 from tests.streams import edge_case_streams
 from tests.support.admin import admin_client, create_key
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
+from tests.support.scripted_upstream import STEERING_HEADERS as SCRIPTED_STEERING
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(150))
 TIERS: dict[str, Any] = {
@@ -44,8 +46,16 @@ def _config(
 ) -> dict[str, Any]:
     return {
         "providers": {
-            "scripted": {"base_url": scripted + "/v1", "api_key": "${PROVIDER_KEY}"},
-            "mock": {"base_url": mock + "/v1", "api_key": "${PROVIDER_KEY}"},
+            "scripted": {
+                "base_url": scripted + "/v1",
+                "api_key": "${PROVIDER_KEY}",
+                "forward_headers": list(SCRIPTED_STEERING),
+            },
+            "mock": {
+                "base_url": mock + "/v1",
+                "api_key": "${PROVIDER_KEY}",
+                "forward_headers": list(MOCK_STEERING),
+            },
             "nowhere": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"},
         },
         "models": [

@@ -23,6 +23,7 @@ import openai
 import pytest
 import yaml
 
+from gateway.mock import STEERING_HEADERS as MOCK_STEERING
 from gateway.redis_keys import RedisKeys
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import admin_client, create_key
@@ -55,7 +56,11 @@ def replicas(
     secrets_seen.append(PASSWORD)
     config = {
         "providers": {
-            "mock": {"base_url": mock_upstream.url + "/v1", "api_key": "${PROVIDER_KEY}"}
+            "mock": {
+                "base_url": mock_upstream.url + "/v1",
+                "api_key": "${PROVIDER_KEY}",
+                "forward_headers": list(MOCK_STEERING),
+            }
         },
         "models": [{"name": "mock-gpt", "provider": "mock"}],
         "redis": {

@@ -120,3 +120,54 @@ def test_reference_folder_is_read_not_copied() -> None:
     here = Path(__file__).resolve().parents[1]
     copies = [p for p in here.rglob("*.sse") if ".venv" not in p.parts]
     assert copies == []
+
+
+_COMPLETED = (
+    b'event: response.completed\ndata: {"type":"response.completed","response":{"id":"r",'
+    b'"status":"completed","usage":{"input_tokens":1,"output_tokens":2,"total_tokens":3}}}\n\n'
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=0), max_size=12),
+    eol=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    long_field=st.sampled_from([b"data: ", b"event: ", b": "]),
+)
+def test_a_line_over_the_cap_is_skipped_not_held(
+    cuts: list[int], eol: bytes, long_field: bytes
+) -> None:
+    """A line longer than `max_line` is dropped as it comes (the tap never holds more than
+    the cap), its frame is not read, and the frames after it still are, for any split and any
+    line ending."""
+    long_frame = long_field + b"x" * 5000 + eol + b"data: {}" + eol + eol
+    stream = (long_frame + _COMPLETED).replace(b"\n\n", eol + eol).replace(b"\n", eol)
+    tap = StreamTap(max_line=1024)
+    previous = 0
+    for cut in sorted({c % (len(stream) + 1) for c in cuts}):
+        tap.feed(stream[previous:cut])
+        assert len(tap._tail) + tap._tail_size <= 1024 + len(eol)
+        previous = cut
+    tap.feed(stream[previous:])
+    tap.close()
+    assert tap.terminal_event == "response.completed"
+    assert _usage_dict(tap) == {
+        "input_tokens": 1,
+        "output_tokens": 2,
+        "total_tokens": 3,
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+    }
+
+
+def test_data_lines_over_the_cap_in_one_frame_are_not_held() -> None:
+    """Many short `data:` lines of one frame count toward the cap as one: the frame is
+    dropped once its data passes `max_line`, and the next frame is read."""
+    tap = StreamTap(max_line=1024)
+    tap.feed(b"data: " + b"y" * 100 + b"\n")
+    for _ in range(100):
+        tap.feed(b"data: " + b"y" * 100 + b"\n")
+    assert sum(map(len, tap._data)) <= 1024
+    tap.feed(b"\n" + _COMPLETED)
+    tap.close()
+    assert tap.terminal_event == "response.completed"

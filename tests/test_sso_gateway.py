@@ -158,3 +158,23 @@ def test_each_bad_token_is_refused_alike(
         line.get("reason") for line in log_lines(sso_gateway) if line.get("event") == "sso_rejected"
     ]
     assert reason in reasons
+
+
+def test_a_token_follows_the_rules_of_a_key(
+    sso_gateway: ServerProcess, signing_keys: dict[str, Any], secrets_seen: list[str]
+) -> None:
+    """A token is taken from `x-api-key` or `api-key` too, never from the URL, and never beside
+    a different credential."""
+    token = _token(signing_keys["rsa"], "r1", "RS256", secrets_seen)
+    url = f"{sso_gateway.url}/v1/responses"
+    for header in ("x-api-key", "api-key"):
+        accepted = httpx.post(url, json=OK, headers={header: token}, timeout=10)
+        assert accepted.status_code == 200, accepted.text
+    bearer = {"authorization": f"Bearer {token}"}
+    in_url = httpx.post(url, json=OK, headers=bearer, params={"jwt": token}, timeout=10)
+    assert in_url.status_code == 400
+    assert in_url.json()["error"]["code"] == "credentials_in_query"
+    other = _token(signing_keys["ec"], "e1", "ES256", secrets_seen, email="bo@example.test")
+    both = httpx.post(url, json=OK, headers={**bearer, "x-api-key": other}, timeout=10)
+    assert both.status_code == 400
+    assert both.json()["error"]["code"] == "conflicting_credentials"

@@ -6,7 +6,9 @@ from typing import Any
 
 import httpx
 
+from gateway.mock import STEERING_HEADERS as MOCK_STEERING
 from tests.conftest import ADMIN_KEY
+from tests.support.scripted_upstream import STEERING_HEADERS as SCRIPTED_STEERING
 
 
 def admin_client(url: str) -> httpx.Client:
@@ -31,7 +33,11 @@ def keyed_config(
     """A gateway in front of the scripted upstream, with keys and quotas in `redis_url`."""
     return {
         "providers": {
-            "scripted": {"base_url": upstream_url + "/v1", "api_key": "${PROVIDER_KEY}"},
+            "scripted": {
+                "base_url": upstream_url + "/v1",
+                "api_key": "${PROVIDER_KEY}",
+                "forward_headers": list(SCRIPTED_STEERING),
+            },
             "nowhere": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k", "connect_timeout": 1},
         },
         "models": [
@@ -50,7 +56,11 @@ def mock_config(redis_url: str, mock_url: str, policy: str, cooldown: float) -> 
     listens for (`nowhere`), with keys and quotas in `redis_url`; no tier limits yet."""
     return {
         "providers": {
-            "mock": {"base_url": mock_url + "/v1", "api_key": "${PROVIDER_KEY}"},
+            "mock": {
+                "base_url": mock_url + "/v1",
+                "api_key": "${PROVIDER_KEY}",
+                "forward_headers": list(MOCK_STEERING),
+            },
             "nowhere": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"},
         },
         "models": [

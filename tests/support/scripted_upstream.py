@@ -9,7 +9,9 @@ POST /v1/responses answers according to request headers:
 - `x-script: stall`: send one complete SSE frame, then nothing more (the gateway's read timeout).
 - `x-script: status=CODE;body=TEXT`: answer CODE with the body TEXT (JSON or not).
 Every request's headers and body are recorded; GET /_requests returns them, GET /_closed the
-request ids whose connection the gateway closed, POST /_reset clears both.
+request ids whose connection the gateway closed, POST /_reset clears both. A gateway forwards
+the steering headers (`STEERING_HEADERS`) only to a provider that lists them in
+`forward_headers`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ import time
 from pathlib import Path
 
 from aiohttp import web
+
+STEERING_HEADERS = (
+    "x-script",
+    "x-replay-file",
+    "x-replay-seed",
+    "x-replay-max-chunk",
+    "x-replay-abort",
+)
 
 
 def _app() -> web.Application:

@@ -8,7 +8,17 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test lint check bench clean redis-server promtool
+.PHONY: run test lint check bench clean lock redis-server promtool
+
+# The virtualenv holds exactly uv.lock (dev tools included; the project itself editable),
+# installed by uv, pinned here (the Dockerfile pins the same) and bootstrapped with the venv's
+# pip. uv reads no pip configuration: it takes the lock's files from PyPI, trusting the
+# system's CA store, and never downloads a Python: the venv's python3 is the one.
+UV_VERSION := 0.13.9
+UV := $(VENV)/uv-$(UV_VERSION)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+export UV_SYSTEM_CERTS := 1
 
 # Installs Debian's redis-server when it is missing (as root with apt-get), else says what to do.
 redis-server:
@@ -32,11 +42,21 @@ promtool: $(STAMP)
 	  || { echo "the tests need promtool: put it on PATH (Prometheus's release tarball has it)"; \
 	  exit 1; }
 
-$(STAMP): pyproject.toml
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --target $(VENV)/uv-$(UV_VERSION) \
+	  uv==$(UV_VERSION)
+
+# --locked: a pyproject.toml that uv.lock no longer satisfies fails here (run `make lock`)
+# instead of installing something else. Packages the lock does not list are removed (but the
+# venv's own pip and setuptools); a changed lock or pyproject.toml syncs again.
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(UV) sync --locked --extra dev
 	touch $(STAMP)
+
+## lock: re-resolve uv.lock to the newest versions pyproject.toml allows (then run make test)
+lock: $(UV)
+	$(UV) lock --upgrade
 
 ## run: serve the gateway on $(HOST):$(PORT); without CONFIG=FILE it starts the embedded upstream,
 ## a private redis-server and prints a demo key

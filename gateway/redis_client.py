@@ -15,9 +15,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from .settings import RedisSettings
@@ -36,11 +34,11 @@ def connect(
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
         "decode_responses": False,
-        # Off, not redis-py 8's "auto": while "auto", a standalone pool skips the check that
-        # finds a pooled connection Redis closed (an idle timeout, a restart) before it is
-        # used, and the requests that drew it got the failure policy. (Sentinel's primary pool
-        # never turns them on; the clients that ask the Sentinels do.) What they bring, relaxed
-        # timeouts during a server's maintenance, the gateway's short `redis.timeout` overrides.
+        # Off, not redis-py 8's "auto": what they bring, relaxed timeouts during a server's
+        # maintenance, the gateway's short `redis.timeout` overrides, and `LeanPool` then never
+        # leaves its fast path. (redis-py 8.1's "auto" also skipped the check that finds a
+        # pooled connection Redis closed; 8.2 no longer does. Sentinel's primary pool never
+        # turns them on; the clients that ask the Sentinels do.)
         "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     if settings.mode == "sentinel":
@@ -54,10 +52,12 @@ def connect(
         options.pop("connection_class", None)
         options.pop("db", None)
         # A Cluster keeps redis-py's default: its nodes' pools have no check to skip (the
-        # gateway checks their connections itself, in `connection`), and with "auto" redis-py
-        # follows the slot migrations a server announces.
+        # gateway's connection class is that check), and with "auto" redis-py follows the slot
+        # migrations a server announces.
         options.pop("maint_notifications_config")
-        return RedisCluster(max_connections=settings.max_connections, **options)
+        cluster = RedisCluster(max_connections=settings.max_connections, **options)
+        checked_connections(cluster)
+        return cluster
     if options.pop("ssl", False):
         options["connection_class"] = SSLConnection
     # A bounded pool that makes callers wait for a free connection: a burst then reuses a few
@@ -119,6 +119,59 @@ class LeanPool(aioredis.BlockingConnectionPool):
             self._available_connections.append(connection)
 
 
+class ClusterConnection(Connection):
+    """A Cluster node's connection that says it must reconnect once the node closed it (an
+    idle timeout, a restart, a failover, CLIENT KILL): see `checked_connections`."""
+
+    def should_reconnect(self) -> bool:
+        return _closed(self) or bool(super().should_reconnect())  # type: ignore[no-untyped-call]
+
+
+class ClusterSSLConnection(SSLConnection):
+    """`ClusterConnection` over TLS."""
+
+    def should_reconnect(self) -> bool:
+        return _closed(self) or bool(super().should_reconnect())  # type: ignore[no-untyped-call]
+
+
+_CHECKED: dict[type[Connection], type[Connection]] = {
+    Connection: ClusterConnection,
+    SSLConnection: ClusterSSLConnection,
+}
+
+
+def _closed(conn: Connection) -> bool:
+    """The socket is open but the server closed it (end of file) or reset it; what the event
+    loop learnt while the connection sat in the pool, without a read."""
+    reader = conn._reader
+    return reader is not None and (reader.at_eof() or reader.exception() is not None)
+
+
+def checked_connections(cluster: RedisCluster) -> None:
+    """Make every connection of `cluster`'s nodes a `ClusterConnection`.
+
+    redis-py's Cluster nodes hand out their pooled connections unchecked, where its standalone
+    pool checks each one first. After a node closed them all, the first command failed on one
+    and asked for a topology refresh, which queried the nodes through their pooled connections,
+    as dead: since redis-py 8.2 a command whose refresh reached no node gives up
+    (`RedisClusterUnreachableError`) instead of retrying, and the requests got the failure
+    policy. (redis-py 8.1 marked every connection for reconnection at each refresh, which hid
+    it.) Every use of a node's connection, a command's, a pipeline's, a refresh's, or
+    `connection` here, first asks it `should_reconnect()`: `ClusterConnection` answers yes for
+    a socket the node closed, so it reconnects instead of failing.
+
+    redis-py's Cluster takes no connection class: it is set where its nodes read it, the
+    connection options its `NodesManager` builds nodes with and the nodes already built (the
+    one of the URL). `tests/test_redis_cluster.py` pins this contract by name."""
+    options = cluster.connection_kwargs
+    built = options.get("connection_class")
+    if built not in _CHECKED:
+        raise TypeError(f"redis-py's Cluster builds {built!r}, not a class this checks")
+    options["connection_class"] = checked = _CHECKED[built]
+    for node in cluster.nodes_manager.startup_nodes.values():
+        node.connection_class = checked
+
+
 def _sentinel(settings: RedisSettings, common: dict[str, Any]) -> aioredis.Redis:
     secure = _tls(settings) if settings.tls is not None else {}
     addresses = [
@@ -128,7 +181,7 @@ def _sentinel(settings: RedisSettings, common: dict[str, Any]) -> aioredis.Redis
     asked: dict[str, Any] = {**common, **secure}  # Sentinels: the same TLS, their own password
     if settings.sentinel_password is not None:
         asked["password"] = settings.sentinel_password
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    sentinel = Sentinel(
         addresses, sentinel_kwargs=asked, **common, **secure, **_credentials(settings)
     )
     primary: aioredis.Redis = sentinel.master_for(
@@ -177,8 +230,9 @@ async def moved(client: Client, error: MovedError) -> None:
 
 def unreachable(client: Client) -> None:
     """A node did not answer (it may have failed over): learn the Cluster's nodes and slots
-    again before the next call, as redis-py does after a connection error. redis-py has no
-    public call for this; `_initialize` is the flag its own `initialize()` reads."""
+    again before the next call, as redis-py does after a connection error (since 8.2, at most
+    once a second). redis-py has no public call for this; `_initialize` is the flag its own
+    `initialize()` reads (`tests/test_redis_cluster.py` pins it)."""
     if isinstance(client, RedisCluster):
         client._initialize = True
 
@@ -200,7 +254,9 @@ async def connection(pool: Any) -> AsyncIterator[Connection]:
         conn = await pool.get_connection()
     try:
         if isinstance(pool, ClusterNode):
-            await _drop_if_closed(conn)  # (inside: cancelled here, it still goes back)
+            # as redis-py's own commands take one: reconnected if the node closed it
+            # (`checked_connections`); inside the try, so cancelled here it still goes back
+            await pool.disconnect_if_needed(conn)
         yield conn
     except BaseException:
         await conn.disconnect()
@@ -210,21 +266,6 @@ async def connection(pool: Any) -> AsyncIterator[Connection]:
             pool.release(conn)
         else:
             await pool.release(conn)
-
-
-async def _drop_if_closed(conn: Connection) -> None:
-    """A Cluster node's pool hands out its connections unchecked: one the node closed meanwhile
-    (an idle timeout, a restart, a failover) would fail its call and its requests would get the
-    failure policy. Checked as redis-py's standalone pool checks its own (the socket says end
-    of file, or holds unread data), it is disconnected instead: the send connects again."""
-    if not conn.is_connected:
-        return
-    try:
-        closed = await conn.can_read()
-    except (RedisConnectionError, RedisTimeoutError, OSError):
-        closed = True
-    if closed:
-        await conn.disconnect()
 
 
 async def memory(client: Client, key: str) -> tuple[int, int]:

@@ -61,9 +61,7 @@ def _tool(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        how = (
-            "`make promtool`" if name == "promtool" else "the dev extras (pip install -e '.[dev]')"
-        )
+        how = "`make promtool`" if name == "promtool" else "the dev extras (`make test`)"
         pytest.fail(f"`{name}` is missing: install {how}")
     return found
 
@@ -762,17 +760,25 @@ def test_the_image_is_built_from_files_in_the_context() -> None:
     for source in copied:
         assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is missing"
         assert not _ignored(source, patterns), f".dockerignore keeps {source} out"
-    # what `pip install .` needs is copied: the project, its readme, its package
+    # what `uv sync` needs is copied: the project, its lock, its readme, its package
     pyproject = (ROOT / "pyproject.toml").read_text()
     readme = re.search(r'^readme = "([^"]+)"', pyproject, re.M)
     assert readme
     assert readme[1] in copied
     assert "pyproject.toml" in copied
+    assert "uv.lock" in copied
     assert "gateway" in copied
     kept_out_paths = (".venv", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests")
     more = ("gateway/__pycache__", "gateway/lua/__pycache__", "gateway/x.pyc", "bench", "deploy")
     for kept_out in (*kept_out_paths, *more):
         assert _ignored(kept_out, patterns), f".dockerignore lets {kept_out} in"
+
+
+def _make_uv_version() -> str:
+    """The uv version the Makefile installs the virtualenv with."""
+    found = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert found, "the Makefile pins uv in UV_VERSION"
+    return found[1]
 
 
 def test_the_final_image_runs_the_gateway_as_non_root() -> None:
@@ -783,10 +789,16 @@ def test_the_final_image_runs_the_gateway_as_non_root() -> None:
     assert froms == ["python:3.11-slim AS builder", "python:3.11-slim"]
     builder = [s for s in steps if s.stage == 0]
     final = [s for s in steps if s.stage == 1]
-    installs = [s.args for s in builder if s.name == "RUN" and "pip install" in s.args]
-    assert len(installs) == 1
-    assert installs[0].split()[-1] == ".", "the project, no dev extras"
-    assert any(s.name == "RUN" and "venv /opt/venv" in s.args for s in builder)
+    (installs,) = [shlex.split(s.args) for s in builder if s.name == "RUN" and "sync" in s.args]
+    assert installs[:2] == ["uv", "sync"], "the project and exactly its lock"
+    assert "--locked" in installs, "a lock that pyproject.toml outgrew fails the build"
+    assert "--no-editable" in installs, "the final stage has no sources"
+    assert not {"--extra", "--all-extras", "--group", "--all-groups"} & set(installs), "no dev"
+    environment = " ".join(s.args for s in builder if s.name == "ENV")
+    assert "UV_PROJECT_ENVIRONMENT=/opt/venv" in environment.split()
+    assert any(s.name == "RUN" and f"uv=={_make_uv_version()}" in s.args for s in builder), (
+        "the builder's uv is the Makefile's"
+    )
     assert not any(s.name == "HEALTHCHECK" for s in steps), "Kubernetes probes do that"
     copies = [s.args for s in final if s.name in ("COPY", "ADD")]
     assert copies == ["--from=builder /opt/venv /opt/venv"], "only the virtualenv"

@@ -22,9 +22,12 @@ import httpx
 import openai
 import pytest
 import yaml
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.mock import STEERING_HEADERS as MOCK_STEERING
+from gateway.redis_client import ClusterConnection, close, connect, ready, unreachable
 from gateway.redis_keys import RedisKeys
+from gateway.settings import RedisSettings
 from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import admin_client, create_key
 from tests.support.metrics import scrape, value
@@ -195,20 +198,103 @@ def test_connections_the_nodes_closed_cost_no_request(
 ) -> None:
     """Every node closes the replicas' idle connections (CLIENT KILL, as an idle timeout or a
     node's restart would): the next requests, whose quotas live on all three nodes, are all
-    served (fail_closed), and no replica logs a Redis error (the fixture checks)."""
+    served (fail_closed), and no replica logs a Redis error (the fixture checks). The first
+    of them looks its key up on the node of the replicas' URL: there a failed command's
+    topology refresh has only dead connections to try (redis-py 8.2 then gave up on the
+    command, and the requests got 503)."""
     urls = [r.url for r in replicas]
-    keys = [
-        create_key(replicas[0].url, secrets_seen, user=user)[1]
-        for user in _users_on_every_node(cluster, per_node=1)
-    ]
-    for key in keys:
+    users = _users_on_every_node(cluster, per_node=1)
+    keys = [create_key(replicas[0].url, secrets_seen, user=user) for user in users]
+    client, names = cluster.client(), RedisKeys()
+
+    def on_the_urls_node(key_id: str) -> bool:
+        node = client.get_node_from_key(names.key_record(key_id))  # type: ignore[no-untyped-call]
+        return int(node.port) == cluster.ports[0]
+
+    while not on_the_urls_node(keys[0][0]):
+        keys[0] = create_key(replicas[0].url, secrets_seen, user=users[0])
+    for _, key in keys:
         assert asyncio.run(_burst(urls, 24, key)) == [200] * 24
-    time.sleep(0.3)  # quiet: the settlements and ledger writes after the answers are done
+    time.sleep(1.1)  # quiet: settlements and ledger writes done; a refresh is due (1 s apart)
     killed = [cluster.node(port).client_kill_filter(_type="normal") for port in cluster.ports]
     assert all(n >= 1 for n in killed)
     time.sleep(0.2)  # the replicas' event loops see the connections close
-    for key in keys:
+    for _, key in keys:
         assert asyncio.run(_burst(urls, 24, key)) == [200] * 24
+
+
+def test_redis_py_hands_out_no_cluster_connection_a_node_closed(
+    cluster: RedisClusterNodes,
+) -> None:
+    """The contract `redis_client.checked_connections` has with redis-py: every node of the
+    gateway's Cluster client, the one of its URL (only topology refreshes use it) and those it
+    discovered, makes `ClusterConnection`s; one the node closed says so (`should_reconnect`),
+    and the node's next command, which asks, reconnects instead of failing. A redis-py that
+    builds its connections elsewhere or stops asking fails here, by name."""
+
+    async def run() -> list[Any]:
+        settings = RedisSettings(
+            mode="cluster", url=cluster.url, username=USER, password=PASSWORD, timeout=5
+        )
+        client = connect(settings, cluster.url)
+        assert isinstance(client, RedisCluster)
+        try:
+            await ready(client)
+            nodes = [*client.nodes_manager.startup_nodes.values(), *client.get_nodes()]
+            nodes = list({id(node): node for node in nodes}.values())
+            assert len(nodes) == len(cluster.ports) + 1, "the URL's node is one of its own"
+            for node in nodes:
+                await node.execute_command("PING")  # each has a connection, all sit in the pool
+            pooled = [conn for node in nodes for conn in node._connections]
+            checked = [conn for conn in pooled if isinstance(conn, ClusterConnection)]
+            assert checked == pooled
+            for conn in checked:
+                await conn.send_command("CLIENT", "ID")
+                port = int(conn.port)
+                assert cluster.node(port).client_kill_filter(_id=await conn.read_response()) == 1
+            deadline = time.monotonic() + 5
+            while not all(conn.should_reconnect() for conn in checked):
+                assert time.monotonic() < deadline, "a connection the node closed looks open"
+                await asyncio.sleep(0.01)  # until this loop has read the ends of file
+            return [await node.execute_command("PING") for node in nodes]
+        finally:
+            await close(client)
+
+    assert asyncio.run(run()) == [True] * (len(cluster.ports) + 1)
+
+
+def test_redis_py_refreshes_the_topology_when_told_a_node_was_unreachable(
+    cluster: RedisClusterNodes,
+) -> None:
+    """The contract `redis_client.unreachable` has with redis-py: told, the gateway's Cluster
+    client asks the nodes for their slots again before its next command, and not untold
+    (redis-py runs such refreshes at most once a second). A redis-py that reads another flag
+    fails here, by name."""
+
+    def asked() -> int:
+        stats = [cluster.node(port).info("commandstats") for port in cluster.ports]
+        return sum(int(s.get("cmdstat_cluster|slots", {}).get("calls", 0)) for s in stats)
+
+    async def run() -> tuple[int, int, int]:
+        settings = RedisSettings(
+            mode="cluster", url=cluster.url, username=USER, password=PASSWORD, timeout=5
+        )
+        client = connect(settings, cluster.url)
+        try:
+            await ready(client)
+            await asyncio.sleep(1.1)  # a second after the first refresh: another may run
+            before = asked()
+            await client.get("gw:refresh-test")
+            untold = asked()
+            unreachable(client)
+            await client.get("gw:refresh-test")
+            return before, untold, asked()
+        finally:
+            await close(client)
+
+    before, untold, told = asyncio.run(run())
+    assert untold == before
+    assert told == untold + 1
 
 
 def test_metrics_read_the_memory_of_the_ledgers_node(

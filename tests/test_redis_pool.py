@@ -152,8 +152,8 @@ def test_the_redis_py_internals_it_uses_are_there() -> None:
 
 def test_connections_redis_closed_are_replaced_before_use(redis: RedisServer) -> None:
     """Redis closes the idle connections (CLIENT KILL, then a restart): no call fails, through
-    LeanPool as through redis-py's own pool built with the same options (with redis-py 8's
-    maintenance notifications left on "auto", the first call on each failed)."""
+    LeanPool as through redis-py's own pool built with the same options (redis-py 8.1, its
+    maintenance notifications left on "auto", failed the first call on each)."""
 
     async def run(pool: Any) -> list[str]:
         outcomes = [

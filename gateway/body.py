@@ -1,9 +1,11 @@
-"""Reading a request body from ASGI: media type, size limit (with or without Content-Length)."""
+"""Reading a request body from ASGI: media type, size limit (with or without Content-Length),
+content encoding (decoded as it arrives, `decoding.py`)."""
 
 from __future__ import annotations
 
 from litestar.types import Receive, Scope
 
+from .decoding import decoder_for
 from .errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 
@@ -31,7 +33,9 @@ def check_json_media_type(scope: Scope) -> None:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed `limit` bytes."""
+    """The whole body, decoded if it is compressed, or 413 as soon as it is known to exceed
+    `limit` bytes (as sent, or decoded)."""
+    decoder = decoder_for(header(scope, b"content-encoding"), limit)
     declared = header(scope, b"content-length")
     if declared is not None:
         try:
@@ -51,9 +55,14 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             total += len(chunk)
             if total > limit:
                 raise _too_large(limit)
-            chunks.append(chunk)
+            if decoder is None:
+                chunks.append(chunk)
+            else:
+                decoder.feed(chunk)
         if not message.get("more_body", False):
             break
+    if decoder is not None:
+        return decoder.finish()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import math
 import os
@@ -16,9 +17,11 @@ from typing import Any
 
 import uvicorn
 from litestar import Litestar
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from .app import create_app
+from .front_door import ServerConfig
 from .keys_cli import add_keys_commands, run_keys_command
 from .logging import configure_logging
 from .metrics import MULTIPROC_ENV
@@ -122,19 +125,23 @@ def _serve(args: argparse.Namespace) -> int:
         # stderr: stdout carries JSON log lines only
         print(banner(settings, url, key, admin_key), file=sys.stderr, flush=True)
 
-    uvicorn.run(
-        create_app(settings, on_ready=ready),
-        host=host,
-        port=port,
-        timeout_graceful_shutdown=_drain_seconds(settings),
-        **_UVICORN,
+    server = uvicorn.Server(
+        ServerConfig(
+            create_app(settings, on_ready=ready),
+            settings.server,
+            host=host,
+            port=port,
+            timeout_graceful_shutdown=_drain_seconds(settings),
+            **_UVICORN,
+        )
     )
-    return 0
+    with contextlib.suppress(KeyboardInterrupt):  # as `uvicorn.run`: SIGINT is a way to stop
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
-_UVICORN: dict[str, Any] = {
+_UVICORN: dict[str, Any] = {  # with ServerConfig's protocol: httptools, and the front door
     "loop": "uvloop",
-    "http": "httptools",
     "access_log": False,  # the canonical request line replaces it
     "log_config": None,
     "proxy_headers": False,  # client addresses are not used; spare the middleware
@@ -161,9 +168,9 @@ def _serve_workers(
     os.environ[CONFIG_ENV] = str(Path(config).resolve())
     os.environ[MULTIPROC_ENV] = metrics_dir
     print(f"LLM gateway on {url} with {workers} workers (config: {config})", file=sys.stderr)
-    server = uvicorn.Config(
-        "gateway.cli:worker_app", factory=True, workers=workers, host=host, port=port,
-        timeout_graceful_shutdown=_drain_seconds(settings), **_UVICORN,
+    server = ServerConfig(
+        "gateway.cli:worker_app", settings.server, factory=True, workers=workers, host=host,
+        port=port, timeout_graceful_shutdown=_drain_seconds(settings), **_UVICORN,
     )  # fmt: skip
     try:
         _Supervisor(server, sockets=[server.bind_socket()]).run()

@@ -10,8 +10,10 @@ with the status the API uses for that case::
     ├── NotFound                  404  invalid_request_error
     │   └── ModelNotFound         404  model_not_found
     ├── MethodNotAllowed          405
+    ├── RequestTimeout            408  a request head or body too slow (gateway/front_door.py)
     ├── PayloadTooLarge           413
-    ├── UnsupportedMediaType      415
+    ├── UnsupportedMediaType      415  Content-Type, or a Content-Encoding not decoded here
+    ├── RequestHeaderFieldsTooLarge 431  a request head too large or with too many lines
     ├── RateLimited               429  rate_limit_exceeded / insufficient_quota (Retry-After)
     ├── InternalError             500  server_error (never for anything a client sent)
     ├── BadGateway                502  upstream unreachable, refused, or rejected our key
@@ -106,6 +108,12 @@ class MethodNotAllowed(GatewayError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -116,6 +124,12 @@ class UnsupportedMediaType(GatewayError):
     status = 415
     type = "invalid_request_error"
     code = "unsupported_media_type"
+
+
+class RequestHeaderFieldsTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class RateLimited(GatewayError):

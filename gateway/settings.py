@@ -101,7 +101,26 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Port = 8080
     """TCP port; ``--port`` overrides it."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 10 * 1024 * 1024
-    """Largest request body accepted, with or without ``Content-Length`` (413 beyond)."""
+    """Largest request body accepted, with or without ``Content-Length`` (413 beyond); for a
+    compressed body (``Content-Encoding`` gzip, deflate or zstd), both as sent and decoded."""
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    """Largest request head (request line and headers), counted as the bytes arrive, before
+    they are parsed (431 beyond)."""
+    max_headers: Annotated[int, msgspec.Meta(ge=1)] = 100
+    """Most header lines in one request (431 beyond)."""
+    header_timeout: PositiveFloat = 30.0
+    """Seconds for a request head to arrive whole: from the connection's opening (one that sends
+    nothing is then closed), or from its first bytes on a kept-alive connection (408)."""
+    body_min_rate: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    """Slowest average rate, in bytes per second, at which a request body may arrive once
+    `body_rate_grace` has passed since its head (408 and the connection closed below it). Time
+    the gateway is not reading the body does not count against it."""
+    body_rate_grace: PositiveFloat = 10.0
+    """Seconds after a request's head before `body_min_rate` applies."""
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 2048
+    """Most client connections per worker process; a connection beyond is closed at once (logged
+    when the cap is reached and when it is left). Keep it below the file-descriptor limit
+    (``ulimit -n``) less the upstream and Redis connections."""
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     """Worker processes sharing the port (uvicorn's supervisor); one per core is the usual
     choice. ``--workers`` overrides it. More than one needs a shared ``redis.url``."""

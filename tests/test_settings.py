@@ -115,6 +115,15 @@ BAD: dict[str, tuple[str, list[str]]] = {
         ["redis.tls.ca_file", "readable file", "/nonexistent/ca.pem"],
     ),
     "negative_drain": (GOOD + "server: {drain_seconds: -1}\n", ["server.drain_seconds", ">= 0"]),
+    "tiny_header_limit": (
+        GOOD + "server: {max_header_bytes: 100}\n",
+        ["server.max_header_bytes", ">= 1024"],
+    ),
+    "zero_body_rate": (GOOD + "server: {body_min_rate: 0}\n", ["server.body_min_rate", ">= 1"]),
+    "zero_header_timeout": (
+        GOOD + "server: {header_timeout: 0}\n",
+        ["server.header_timeout", "> 0"],
+    ),
     "unknown_default_tier": (
         GOOD + "limits: {default_tier: gold, tiers: {silver: {}}}\n",
         ["limits.default_tier", "silver", "gold"],

@@ -17,7 +17,9 @@ uvicorn's httptools protocol, with the limits it lacks (httptools has none of it
   http://) is ignored and the request served as HTTP/1.1 with its body: llhttp takes the bytes
   after such a head for the new protocol's, so the body is handed to a second parser;
 - an answer to HTTP/1.0 without a Content-Length ends when the connection closes (RFC 9112
-  §6.3): uvicorn would send it chunked, which an HTTP/1.0 client cannot read.
+  §6.3): uvicorn would send it chunked, which an HTTP/1.0 client cannot read;
+- a chunked body's trailer fields are dropped: uvicorn would add them to the request's
+  headers (an `Expect`, an `openai-beta` the client's proxy never saw as a header).
 
 A rejection is answered in the OpenAI error shape with `Connection: close`; the connection is
 then half-closed and what the client still sends is read and dropped for `LINGER_SECONDS`, so
@@ -238,6 +240,13 @@ class FrontDoorProtocol(HttpToolsProtocol):
         finally:
             self._priming = False
         return self._feed(rest) if rest else True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # After the head, llhttp reports a chunked body's trailer fields (and the primed
+        # parser's framing) here too, and uvicorn would append them to the request's headers,
+        # the very list the app reads once the body is in: a trailer is never a header.
+        if self._in_head:
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self._priming:

@@ -171,16 +171,24 @@ class FrontDoorProtocol(HttpToolsProtocol):
             return  # a rejected connection: read and dropped
         self._unset_keepalive_if_required()
         while data:
-            if not self._in_head:
-                self._body_bytes += len(data)
-                if not self._feed(data):
+            if self._in_head:
+                room = self._max_head - self._head_bytes
+                if len(data) > room:
+                    piece, data = data[:room], data[room:]
+                else:
+                    piece, data = data, b""
+                self._head_bytes += len(piece)
+            else:
+                piece, data = data, b""
+                self._body_bytes += len(piece)
+            try:
+                self.parser.feed_data(piece)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                rest = self._parse_stopped(piece, exc)
+                if rest is None:
                     return
-                break
-            room = self._max_head - self._head_bytes
-            piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
-            self._head_bytes += len(piece)
-            if not self._feed(piece):
-                return
+                data = rest + data
+                continue
             if self._in_head and self._head_bytes >= self._max_head:
                 error = RequestHeaderFieldsTooLarge(
                     f"The request head is larger than the {self._max_head} bytes this gateway "
@@ -196,28 +204,26 @@ class FrontDoorProtocol(HttpToolsProtocol):
                 self._body_since, self._body_bytes = self.loop.time(), 0
                 self._arm(self.front.limits.body_rate_grace)
 
-    def _feed(self, data: bytes) -> bool:
-        """Parse `data`; False once the connection is no longer this protocol's to read."""
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            if self._upgrade_ignored:
-                return self._resume_without_upgrade(data[exc.args[0] :])
-            self.handle_websocket_upgrade()  # the only upgrade not ignored
-            return False
-        except httptools.HttpParserError:
-            if len(self.headers) > self._max_headers:
-                error: GatewayError = RequestHeaderFieldsTooLarge(
-                    f"The request has more than the {self.front.limits.max_headers} header "
-                    "lines this gateway accepts."
-                )
-                self._reject(error, "too_many_headers")
-            else:
-                self._reject(InvalidRequest("Invalid HTTP request."), "invalid_http")
-            return False
-        return True
+    def _parse_stopped(self, piece: bytes, exc: Exception) -> bytes | None:
+        """The parser stopped inside `piece`: the bytes to parse next, or None once the
+        connection is no longer this protocol's to read."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            if self._upgrade_ignored and self._resume_without_upgrade():
+                return piece[exc.args[0] :]
+            if not self._upgrade_ignored:
+                self.handle_websocket_upgrade()  # the only upgrade not ignored
+            return None
+        if len(self.headers) > self._max_headers:
+            error: GatewayError = RequestHeaderFieldsTooLarge(
+                f"The request has more than the {self._max_headers} header lines this gateway "
+                "accepts."
+            )
+            self._reject(error, "too_many_headers")
+        else:
+            self._reject(InvalidRequest("Invalid HTTP request."), "invalid_http")
+        return None
 
-    def _resume_without_upgrade(self, rest: bytes) -> bool:
+    def _resume_without_upgrade(self) -> bool:
         """Go on parsing the request's body (and the requests after it) as HTTP/1.1: a new
         parser, first told the body's framing by a head of its own, which is no request."""
         self._upgrade_ignored = False
@@ -239,7 +245,7 @@ class FrontDoorProtocol(HttpToolsProtocol):
             return False
         finally:
             self._priming = False
-        return self._feed(rest) if rest else True
+        return True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # After the head, llhttp reports a chunked body's trailer fields (and the primed
@@ -259,7 +265,7 @@ class FrontDoorProtocol(HttpToolsProtocol):
             self._disarm()
         if self.parser.should_upgrade() and not self._should_upgrade():
             self._upgrade_ignored = True
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)  # (cheaper than super(): once per request)
         cycle = self.cycle
         if self.scope["http_version"] == "1.0" and cycle is not None and cycle.scope is self.scope:
             cycle.__class__ = _CloseDelimitedCycle
@@ -270,7 +276,7 @@ class FrontDoorProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes = True, 0
         if self._deadline is not None:
             self._disarm()
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     def _arm(self, seconds: float) -> None:
         if self._deadline is not None:

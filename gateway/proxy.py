@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 from typing import Any
 
 import msgspec
@@ -18,6 +17,7 @@ from litestar.types import Receive, Scope, Send
 
 from .auth import Authenticator, Identity
 from .body import ClientGone, check_json_media_type, read_body
+from .decoding import decoder_for
 from .errors import (
     BadGateway,
     GatewayError,
@@ -274,8 +274,8 @@ async def _relay_stream(
     ex: Exchange,
     send: Send,
     response: Response,
-    ledger: Ledger | None = None,
-    max_line: int = 16 * 1024 * 1024,
+    ledger: Ledger | None,
+    max_line: int,
 ) -> bool:
     """Send the upstream's SSE chunks as they come; False when the upstream broke off. The
     `ledger` saves the stream's progress while it runs."""
@@ -382,23 +382,14 @@ async def _relay_body(
 def _decoded(body: bytes, response: Response, limit: int) -> bytes:
     """The body as JSON text, for reading usage only (the client gets the original bytes);
     empty when it cannot be read, or would inflate to more than `limit` bytes."""
-    encoding = (response.header(b"content-encoding") or b"identity").strip().lower()
-    if encoding == b"identity":
-        return body
-    if encoding not in _WBITS:
-        return b""
-    inflater = zlib.decompressobj(_WBITS[encoding])
     try:
-        text = inflater.decompress(body, limit)
-    except zlib.error:
+        decoder = decoder_for(response.header(b"content-encoding"), limit)
+        if decoder is None:
+            return body
+        decoder.feed(body)
+        return decoder.finish()
+    except GatewayError:  # an encoding not decoded here, corrupt, or larger than `limit`
         return b""
-    if inflater.unconsumed_tail or not inflater.eof:
-        return b""  # larger than `limit`, or truncated
-    return text
-
-
-# zlib's window bits: gzip's header and trailer, zlib's (what HTTP calls deflate)
-_WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
 
 
 def _is_error_envelope(text: bytes) -> bool:

@@ -8,6 +8,7 @@ connection as the one before it: an answer left on it would reach the next user.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from tests.conftest import GatewayFactory, request_line
 from tests.support.hostile_upstream import HostileUpstream, answer_body
 from tests.support.procs import ServerProcess
 
-SCRIPTS = ["interim", "hints", "double", "late", "plain", "endless", "bomb", "long-line"]
+SCRIPTS = ["interim", "hints", "double", "late", "plain", "endless", "bomb", "gzip", "long-line"]
 STATUSES = [101, 600, 999]
 CAP = 4 * 1024 * 1024
 """The memory gateway's `max_response_bytes`; its `max_event_bytes` is a quarter of it."""
@@ -223,6 +224,27 @@ def test_a_gzip_bomb_is_relayed_without_inflating_it(small_gateway: ServerProces
     line = request_line(small_gateway, request_id="req-bomb")
     assert line["status"] == 200
     assert line.get("usage_estimated") is True
+
+
+def test_the_usage_of_a_compressed_answer_is_read(small_gateway: ServerProcess) -> None:
+    """A gzip answer within the cap (two gzip members) reaches the client as sent, and its
+    usage is the provider's own, not an estimate."""
+    with (
+        httpx.Client(base_url=small_gateway.url, timeout=30) as client,
+        client.stream(
+            "POST",
+            "/v1/responses",
+            json={"model": "gzip", "input": "z1"},
+            headers={"x-request-id": "req-z1"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        raw = b"".join(response.iter_raw())
+    assert gzip.decompress(raw) == answer_body("z1")  # both members, as the upstream sent them
+    line = request_line(small_gateway, request_id="req-z1")
+    assert line["response_id"] == "resp_z1"
+    assert line["total_tokens"] == 3
+    assert "usage_estimated" not in line
 
 
 def test_an_endless_line_in_a_stream_is_relayed_within_bounded_memory(

@@ -14,6 +14,7 @@ Scripts (the `model`):
 - `status-NNN`: a final answer with status NNN.
 - `endless`: a chunked JSON body that never ends (until the gateway closes the connection).
 - `bomb`: a small gzip body that inflates to 256 MiB.
+- `gzip`: the plain answer, gzip-compressed (as two gzip members).
 - `long-line`: a stream whose one line grows without end.
 - anything else: the plain answer.
 
@@ -24,6 +25,7 @@ from uvicorn (vLLM, FastAPI) and aiohttp.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import threading
 import time
@@ -165,6 +167,14 @@ class HostileUpstream:
                 b"data: " + b"x" * 65530,
                 script,
                 repeat=b"x" * 65536,
+            )
+        elif script == "gzip":
+            body = answer_body(marker)
+            packed = gzip.compress(body[:10]) + gzip.compress(body[10:])
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                + f"content-length: {len(packed)}\r\n\r\n".encode()
+                + packed
             )
         elif script == "bomb":
             writer.write(

@@ -24,7 +24,7 @@ import httpx
 import uvloop
 
 from bench.run import _body, _mock
-from gateway.http1 import Pool
+from gateway.upstream.http1 import Pool
 from tests.support.procs import free_port
 
 Sender = Callable[[], Awaitable[None]]

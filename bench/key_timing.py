@@ -29,14 +29,12 @@ from typing import Any
 
 import uvloop
 
-from gateway.apikeys import PREFIX, KeyHasher, KeyStore, new_key
-from gateway.auth import Authenticator
-from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import AuthenticationFailed
+from gateway.identity import Authenticator
+from gateway.identity.keys import PREFIX, KeyHasher, KeyStore, new_key
 from gateway.metrics import Metrics
-from gateway.redis_keys import RedisKeys
-from gateway.redis_store import RedisStore
 from gateway.settings import AuthSettings, RedisSettings
+from gateway.state import EmbeddedRedis, RedisKeys, RedisStore
 
 PEPPER = "bench-pepper-not-a-secret"
 

@@ -12,16 +12,13 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Receive, Scope, Send
 from litestar.utils import normalize_path
 
-from .admin import AdminController, admin_guard
-from .cors import Cors
+from .admin import AdminController, CallerUsageController, UsageAdminController, admin_guard
 from .errors import GatewayError, InternalError, ServiceUnavailable
-from .health import healthz, metrics, readyz
-from .models_api import ModelList, ModelsController, model_list
-from .redis_store import RedisUnavailable
-from .request_log import RequestLog, note_error, request_id_of
+from .routes import ModelList, ModelsController, healthz, metrics, model_list, readyz
 from .runtime import OnReady, Runtime
+from .server import Cors, RequestLog, note_error, request_id_of
 from .settings import Settings
-from .usage_api import CallerUsageController, UsageAdminController
+from .state import RedisUnavailable
 
 RESPONSES_PATH = "/v1/responses"
 PROBES = ("/healthz", "/readyz", "/metrics")

@@ -20,14 +20,13 @@ from litestar import Litestar
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+from .admin import add_keys_commands, add_usage_commands, run_keys_command, run_usage_command
 from .app import create_app
-from .front_door import ServerConfig
-from .keys_cli import add_keys_commands, run_keys_command
 from .logging import configure_logging
 from .metrics import MULTIPROC_ENV
 from .runtime import Runtime
+from .server import ServerConfig
 from .settings import EMBEDDED, ConfigError, Settings, load_settings, settings_from_dict
-from .usage_cli import add_usage_commands, run_usage_command
 
 QUICKSTART_MODEL = "mock-gpt"
 CONFIG_ENV = "GATEWAY_CONFIG"

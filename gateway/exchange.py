@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .usage import Outcome
+from .outcome import Outcome
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ import secrets
 
 from litestar.types import Scope
 
-from .body import header
+from .asgi import header
 
 _CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 

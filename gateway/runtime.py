@@ -17,21 +17,16 @@ import structlog
 from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
-from .apikeys import KeyHasher, KeyStore
-from .auth import Authenticator
-from .embedded_redis import EmbeddedRedis
 from .errors import ServiceUnavailable
+from .identity import Authenticator, KeyHasher, KeyStore
 from .ledger import Ledger
-from .limits import Limiter
 from .metrics import Metrics
-from .proxy import ResponsesEndpoint
-from .redis_keys import RedisKeys
-from .redis_store import RedisStore, RedisUnavailable
+from .proxy import ResponsesEndpoint, Router
+from .quotas import Limiter
 from .request_ids import RequestIds
-from .routing import Router
-from .script_batch import ScriptBatcher
+from .server import Draining
 from .settings import EMBEDDED, Settings
-from .shutdown import Draining
+from .state import EmbeddedRedis, RedisKeys, RedisStore, RedisUnavailable, ScriptBatcher
 from .upstream import Upstreams
 
 OnReady = Callable[["Runtime"], Any]

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
 from gateway.mock import STEERING_HEADERS as MOCK_STEERING
+from tests.support.gateway import (
+    ADMIN_KEY,
+    CLIENT_KEY,
+    PROVIDER_KEY,
+    GatewayFactory,
+    has_secret,
+)
 from tests.support.procs import ServerProcess, free_port, python_module
 from tests.support.redis_server import RedisServer
 from tests.support.scripted_upstream import STEERING_HEADERS as SCRIPTED_STEERING
-
-PROVIDER_KEY = "sk-provider-Zx81secretvalue-never-logged"
-"""The provider key every test gateway injects upstream; it must never reach a client or log."""
-CLIENT_KEY = "sk-client-Q7secret-never-forwarded"
-ADMIN_KEY = "sk-admin-test-Vq3secret-never-logged"
-"""The admin credential of every test gateway that serves /admin."""
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +40,6 @@ def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     server.start(tmp_path_factory.mktemp("mock") / "mock.log")
     yield server
     server.stop()
-
-
-GatewayFactory = Callable[..., ServerProcess]
 
 
 @pytest.fixture(scope="session")
@@ -82,14 +77,8 @@ def gateway_factory(
     yield start
     for server in started:
         server.stop()
-    leaked = [s.log_path for s in started if s.log_path and _has_secret(s.log_path, secrets_seen)]
+    leaked = [s.log_path for s in started if s.log_path and has_secret(s.log_path, secrets_seen)]
     assert not leaked, f"a secret appeared in gateway logs: {leaked}"
-
-
-def _has_secret(path: Path, secrets: list[str]) -> bool:
-    """A secret, or its last 20 characters (a key's secret part, a token's signature)."""
-    text = path.read_text(errors="replace")
-    return any(secret in text or secret[-20:] in text for secret in secrets)
 
 
 @pytest.fixture(scope="session")
@@ -140,40 +129,3 @@ def mock_gateway(gateway_factory: GatewayFactory, mock_upstream: ServerProcess) 
             "auth": {"enabled": False},
         }
     )
-
-
-def upstream_requests(upstream: ServerProcess) -> list[dict[str, Any]]:
-    """What the scripted upstream received so far."""
-    import urllib.request
-
-    with urllib.request.urlopen(upstream.url + "/_requests") as resp:  # noqa: S310
-        return list(json.load(resp))
-
-
-def log_lines(server: ServerProcess) -> list[dict[str, Any]]:
-    """The JSON lines a gateway process wrote to stdout."""
-    complete = server.output().split("\n")[:-1]  # the last piece may still be being written
-    return [json.loads(line) for line in complete if line.startswith("{")]
-
-
-def request_line(server: ServerProcess, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
-    """The first canonical request line with these `fields`; it is written just after the
-    answer, so wait for it a little."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in log_lines(server):
-            if line.get("event") == "request" and all(line.get(k) == v for k, v in fields.items()):
-                return line
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no request line with {fields} in {server.log_path}")
-        time.sleep(0.02)
-
-
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for `check` to hold: settlements and log lines are written just after the answer,
-    and recoveries take a breaker cooldown."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached within {timeout} s")
-        time.sleep(0.02)

@@ -769,7 +769,13 @@ def test_the_image_is_built_from_files_in_the_context() -> None:
     assert "uv.lock" in copied
     assert "gateway" in copied
     kept_out_paths = (".venv", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests")
-    more = ("gateway/__pycache__", "gateway/lua/__pycache__", "gateway/x.pyc", "bench", "deploy")
+    more = (
+        "gateway/__pycache__",
+        "gateway/state/lua/__pycache__",
+        "gateway/x.pyc",
+        "bench",
+        "deploy",
+    )
     for kept_out in (*kept_out_paths, *more):
         assert _ignored(kept_out, patterns), f".dockerignore lets {kept_out} in"
 

@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.credentials import CREDENTIAL_HEADERS
 from gateway.headers import FORWARDED, NEVER_FORWARDED
+from gateway.identity.credentials import CREDENTIAL_HEADERS
 from gateway.mock import STEERING_HEADERS as MOCK_STEERING
 from gateway.settings import ConfigError, load_settings
-from tests.conftest import PROVIDER_KEY, GatewayFactory, upstream_requests
 from tests.support.admin import create_key, keyed_config
+from tests.support.gateway import PROVIDER_KEY, GatewayFactory, upstream_requests
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
 

@@ -19,8 +19,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.conftest import GatewayFactory, eventually, log_lines
 from tests.support.admin import create_key, mock_config
+from tests.support.gateway import GatewayFactory, eventually, log_lines
 from tests.support.metrics import Samples, samples, scrape, summed, value
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import GATEWAY_ACL, RedisServer

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from gateway.mock import STEERING_HEADERS as MOCK_STEERING
-from tests.conftest import ADMIN_KEY
+from tests.support.gateway import ADMIN_KEY
 from tests.support.scripted_upstream import STEERING_HEADERS as SCRIPTED_STEERING
 
 

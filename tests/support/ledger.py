@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import redis
 
-from gateway.ledger import Batch, Packer
-from gateway.record import UsageRecord
-from gateway.redis_keys import RedisKeys
-from gateway.script_batch import evalsha
+from gateway.ledger.record import UsageRecord
+from gateway.ledger.writer import Batch, Packer
+from gateway.state import RedisKeys
+from gateway.state.batch import evalsha
+from tests.support.procs import ROOT
 
 
 def ledger_lines(client: redis.Redis) -> list[Any]:
@@ -33,9 +33,7 @@ def append_batch(
 ) -> Any:
     """One call of ledger_append.lua, the very bytes the writer `writer` sends for its batch
     `number` of `records`."""
-    sha = client.script_load(
-        (Path(__file__).resolve().parents[2] / "gateway" / "lua" / "ledger_append.lua").read_text()
-    )
+    sha = client.script_load((ROOT / "gateway" / "state" / "lua" / "ledger_append.lua").read_text())
     batch = Batch()
     for record in records:
         batch.add(record)

@@ -1,0 +1,265 @@
+"""The admin API: issue, list, show, change and revoke API keys; override users' limits.
+
+Served under ``/admin`` only when ``auth.admin_key`` is set, and only to a request presenting
+that credential (``Authorization: Bearer <admin key>``). A created key is in the response to
+its creation and nowhere else, ever.
+
+Bodies are decoded here (`_body`), not by Litestar: Litestar takes a body field that fails
+validation and shares its name with one of its dependencies (``models`` did) for a broken
+dependency, and answers 500. Decoded here, a field of the wrong type or range is a 400 naming
+it, whatever the dependencies are called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post, put
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from ..asgi import decode_body
+from ..errors import AuthenticationFailed, InvalidRequest, NotFound, ServiceUnavailable
+from ..identity import KeyRecord
+from ..runtime import Runtime
+from ..settings import LimitSettings
+
+_User = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_UnixTime = Annotated[float, msgspec.Meta(ge=0, le=4_102_444_800)]  # until 2100
+_OVERRIDE_FIELDS = {
+    "requests_per_minute": "rpm",
+    "tokens_per_minute": "tpm",
+    "tokens_per_day": "tpd",
+    "concurrent_requests": "conc",
+}
+
+
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    user: _User
+    team: str | None = None
+    tier: str | None = None
+    models: list[str] | None = None
+    expires_at: _UnixTime | None = None
+    """Unix time; or give `expires_in_days`."""
+    expires_in_days: Annotated[float, msgspec.Meta(gt=0, le=36_500)] | None = None
+    limits: LimitSettings | None = None
+
+
+class KeyUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Fields to change; an absent field is left as it is, ``null`` clears it."""
+
+    team: str | msgspec.UnsetType | None = msgspec.UNSET
+    tier: str | msgspec.UnsetType | None = msgspec.UNSET
+    models: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    expires_at: _UnixTime | msgspec.UnsetType | None = msgspec.UNSET
+    limits: LimitSettings | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class KeyView(msgspec.Struct):
+    id: str
+    user: str
+    status: Literal["active", "revoked", "expired"]
+    created_at: float
+    team: str | None = None
+    tier: str | None = None
+    models: tuple[str, ...] | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+    limits: LimitSettings | None = None
+
+
+class CreatedKey(KeyView, kw_only=True):
+    key: str
+    """The API key itself: shown here once, stored nowhere."""
+
+
+class KeyList(msgspec.Struct):
+    data: list[KeyView]
+    object: str = "list"
+
+
+class UserLimits(msgspec.Struct):
+    user: str
+    overrides: LimitSettings
+    """Replace the tier's limits for this user; an absent limit keeps the tier's."""
+
+
+def admin_guard(admin_key: str) -> Any:
+    """A Litestar guard accepting only `Authorization: Bearer <admin_key>`."""
+    expected = hashlib.sha256(admin_key.encode()).digest()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _h: BaseRouteHandler) -> None:
+        given = connection.headers.get("authorization", "")
+        scheme, _, credential = given.partition(" ")
+        digest = hashlib.sha256(credential.strip().encode()).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(digest, expected):
+            raise AuthenticationFailed(
+                "The admin API needs the admin credential: Authorization: Bearer ADMIN_KEY."
+            )
+
+    return guard
+
+
+class AdminController(Controller):
+    """/admin: keys and limits."""
+
+    path = "/admin"
+
+    @post("/keys", status_code=201)
+    async def create_key(self, runtime: Runtime, request: Request[Any, Any, Any]) -> CreatedKey:
+        """Issue a key; the response holds the key, which is never shown again."""
+        data = await _body(request, _key_create)
+        _check_choices(runtime, data.tier, data.models)
+        expires_at = data.expires_at
+        if data.expires_in_days is not None:
+            expires_at = time.time() + data.expires_in_days * 86400
+        record, key = await _keystore(runtime).create(
+            data.user,
+            team=data.team,
+            tier=data.tier,
+            models=tuple(data.models) if data.models is not None else None,
+            expires_at=expires_at,
+            limits=data.limits,
+        )
+        runtime.log.info("key_created", key_id=record.id, owner=record.user)
+        view = _view(record)
+        return CreatedKey(**msgspec.structs.asdict(view), key=key)
+
+    @get("/keys")
+    async def list_keys(self, runtime: Runtime, user: str | None = None) -> KeyList:
+        """Every key (of `user`, when given); never the keys themselves."""
+        return KeyList([_view(r) for r in await _keystore(runtime).list(user)])
+
+    @get("/keys/{key_id:str}")
+    async def show_key(self, runtime: Runtime, key_id: str) -> KeyView:
+        return _view(await _get(runtime, key_id))
+
+    @patch("/keys/{key_id:str}")
+    async def update_key(
+        self, runtime: Runtime, key_id: str, request: Request[Any, Any, Any]
+    ) -> KeyView:
+        """Change a key's limits, models, tier, team or expiry."""
+        data = await _body(request, _key_update)
+        record = await _get(runtime, key_id)
+        changes = {
+            f.name: getattr(data, f.name)
+            for f in msgspec.structs.fields(data)
+            if getattr(data, f.name) is not msgspec.UNSET
+        }
+        if isinstance(changes.get("models"), list):
+            changes["models"] = tuple(changes["models"])
+        _check_choices(runtime, changes.get("tier"), changes.get("models"))
+        updated = msgspec.structs.replace(record, **changes)
+        await _keystore(runtime).update(updated)
+        runtime.log.info("key_updated", key_id=key_id, fields=sorted(changes))
+        return _view(updated)
+
+    @delete("/keys/{key_id:str}", status_code=200)
+    async def revoke_key(self, runtime: Runtime, key_id: str) -> KeyView:
+        """Revoke a key: every replica refuses it within `auth.key_cache_seconds`."""
+        record = await _get(runtime, key_id)
+        if record.revoked_at is None:
+            await _keystore(runtime).revoke(key_id, time.time())
+            record = await _get(runtime, key_id)
+            runtime.log.info("key_revoked", key_id=key_id)
+        return _view(record)
+
+    @get("/users/{user:str}/limits")
+    async def show_limits(self, runtime: Runtime, user: str) -> UserLimits:
+        name = runtime.redis_keys.user_override(user)
+        fields: dict[bytes, bytes] = await _redis(runtime).call(lambda r: r.hgetall(name), "limits")
+        values = {
+            long: int(fields[short.encode()])
+            for long, short in _OVERRIDE_FIELDS.items()
+            if short.encode() in fields
+        }
+        return UserLimits(user, LimitSettings(**values))
+
+    @put("/users/{user:str}/limits")
+    async def set_limits(
+        self, runtime: Runtime, user: str, request: Request[Any, Any, Any]
+    ) -> UserLimits:
+        """Replace `user`'s overrides; they apply to the next request on every replica."""
+        data = await _body(request, _limits)
+        name = runtime.redis_keys.user_override(user)
+        mapping = {
+            short: getattr(data, long)
+            for long, short in _OVERRIDE_FIELDS.items()
+            if getattr(data, long) is not None
+        }
+
+        async def write(r: Any) -> None:
+            pipe = r.pipeline(transaction=True)
+            pipe.delete(name)
+            if mapping:
+                pipe.hset(name, mapping=mapping)
+            await pipe.execute()
+
+        await _redis(runtime).call(write, "limits")
+        runtime.log.info("limits_updated", owner=user, limits=mapping)
+        return UserLimits(user, data)
+
+    @delete("/users/{user:str}/limits", status_code=200)
+    async def clear_limits(self, runtime: Runtime, user: str) -> UserLimits:
+        name = runtime.redis_keys.user_override(user)
+        await _redis(runtime).call(lambda r: r.delete(name), "limits")
+        return UserLimits(user, LimitSettings())
+
+
+_key_create = msgspec.json.Decoder(KeyCreate)
+_key_update = msgspec.json.Decoder(KeyUpdate)
+_limits = msgspec.json.Decoder(LimitSettings)
+T = TypeVar("T")
+
+
+async def _body(request: Request[Any, Any, Any], decoder: msgspec.json.Decoder[T]) -> T:
+    """The request's JSON body, typed; a 400 naming the field otherwise."""
+    return decode_body(decoder, await request.body())
+
+
+def _keystore(runtime: Runtime) -> Any:
+    if runtime.keystore is None:
+        raise ServiceUnavailable("The gateway is starting up.")
+    return runtime.keystore
+
+
+def _redis(runtime: Runtime) -> Any:
+    if runtime.store is None:
+        raise ServiceUnavailable("The gateway is starting up.")
+    return runtime.store
+
+
+async def _get(runtime: Runtime, key_id: str) -> KeyRecord:
+    record: KeyRecord | None = await _keystore(runtime).get(key_id)
+    if record is None:
+        raise NotFound(f"No API key with id `{key_id}`.", code="key_not_found")
+    return record
+
+
+def _check_choices(runtime: Runtime, tier: str | None, models: Any) -> None:
+    tiers = runtime.settings.limits.tiers
+    if tier is not None and tier not in tiers:
+        raise InvalidRequest(
+            f"Unknown tier `{tier}`; expected one of {', '.join(sorted(tiers))}.", param="tier"
+        )
+    known = {m.name for m in runtime.settings.models}
+    for model in models or ():
+        if model not in known:
+            raise InvalidRequest(f"Unknown model `{model}`.", param="models")
+
+
+def _view(record: KeyRecord) -> KeyView:
+    if record.revoked_at is not None:
+        status: Literal["active", "revoked", "expired"] = "revoked"
+    elif record.expires_at is not None and record.expires_at <= time.time():
+        status = "expired"
+    else:
+        status = "active"
+    # every field of the view but `status` is the record's own (the record's `hash` is not one)
+    shown = {name: getattr(record, name) for name in KeyView.__struct_fields__ if name != "status"}
+    return KeyView(status=status, **shown)

@@ -1,0 +1,356 @@
+"""Quotas: admit a request against its caller's limits, then settle its real usage.
+
+Each request is checked, in one atomic Lua script (`lua/admit.lua`), against every scope that
+applies to it: the user (tier limits, or the admin's overrides), the API key when the key has
+limits of its own, and the model when the tier limits it. The algorithm is a sliding-window log
+for the per-minute limits (exact: never more than N in any 60 s, no burst at window edges,
+which GCRA and fixed windows allow), a counter of the UTC day for tokens per day, and leases
+for concurrency. Tokens are unknown until the answer ends, so admission reserves an estimate
+(input size / 4 + ``max_output_tokens`` or ``limits.default_output_tokens``, capped at the
+limit) and `settle` replaces it by the real usage (`lua/settle.lua`).
+
+Redis is asked once before a request is forwarded. When it cannot be asked, the configured
+policy decides: ``fail_closed`` answers 503, ``fail_open`` forwards without a quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from typing import Any
+
+from ..errors import RateLimited, ServiceUnavailable
+from ..identity import Identity
+from ..metrics import Metrics
+from ..outcome import estimate_input_tokens
+from ..settings import LimitSettings, LimitsSettings, TierSettings
+from ..state import RedisKeys, RedisStore, RedisUnavailable, ScriptBatcher
+
+_UNLIMITED = -1
+_SETTLE_RETRY_PAUSES = (0.5, 2.0, 5.0)
+"""Seconds between the attempts to write a settlement while Redis is unreachable."""
+_SLOT = 4
+_LIMIT_NAMES = {
+    "requests": "requests per minute (RPM)",
+    "tokens": "tokens per minute (TPM)",
+    "tokens_per_day": "tokens per day (TPD)",
+    "concurrency": "concurrent requests",
+}
+_LIMIT_SETTINGS = {  # the names the configuration gives them
+    "requests": "requests_per_minute",
+    "tokens": "tokens_per_minute",
+    "tokens_per_day": "tokens_per_day",
+    "concurrency": "concurrent_requests",
+}
+
+
+class Scope:
+    """One set of counters a request is checked against."""
+
+    __slots__ = ("description", "is_user", "keys", "limits", "name")
+
+    def __init__(
+        self, name: str, description: str, limits: LimitSettings, keys: tuple[str, ...]
+    ) -> None:
+        self.name, self.description, self.limits, self.keys = name, description, limits, keys
+        self.is_user = name == "user"
+
+    def argv(self) -> list[int]:
+        lim = self.limits
+        return [
+            _arg(lim.requests_per_minute),
+            _arg(lim.tokens_per_minute),
+            _arg(lim.tokens_per_day),
+            _arg(lim.concurrent_requests),
+            1 if self.is_user else 0,
+        ]
+
+
+class Admission:
+    """An admitted request's hold on its quotas, until it is settled."""
+
+    __slots__ = ("headers", "masks", "member", "reserved", "scopes", "settled", "user")
+
+    def __init__(
+        self,
+        member: str,
+        user: str,
+        scopes: list[Scope],
+        reserved: int,
+        result: list[Any] | None = None,
+    ) -> None:
+        """`result`: admit.lua's answer; None when it is unknown (the call timed out)."""
+        self.member, self.user, self.scopes, self.reserved = member, user, scopes, reserved
+        count = len(scopes)
+        self.masks = [int(v) for v in result[3 : 3 + 2 * count : 2]] if result else []
+        self.headers = (
+            _headers(*(int(v) for v in result[2 + 2 * count : 8 + 2 * count])) if result else []
+        )
+        self.settled = False
+
+
+class Limiter:
+    """Admission and settlement of requests against quotas kept in Redis."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        keys: RedisKeys,
+        settings: LimitsSettings,
+        fail_open: bool,
+        log: Any,
+        metrics: Metrics,
+        batch: ScriptBatcher,
+    ) -> None:
+        self._store, self._keys, self._settings = store, keys, settings
+        self._policy = (
+            metrics.policy("limits", "fail_open", "served")
+            if fail_open
+            else metrics.policy("limits", "fail_closed", "refused")
+        )
+        self._fail_open = fail_open
+        self._log = log
+        self._admit = store.script("admit")
+        self._settle = store.script("settle")
+        self._renew = store.script("renew")
+        self._peek = store.script("peek")
+        self._batch = batch
+        self._lease_ms = int(settings.concurrency_lease * 1000)
+        self._holding: dict[str, Admission] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self.policy_uses = 0
+        """Requests forwarded without a quota check because Redis was unreachable."""
+        self.unsettled = 0
+        """Settlements that could not be written (Redis unreachable): logged each."""
+
+    def scopes(self, identity: Identity, model: str) -> list[Scope]:
+        """Every scope that applies to `identity` calling `model`."""
+        tier = self._tier(identity)
+        user = identity.user
+        found = [Scope("user", f"user {user}", tier, self._keys.scope(user, "user"))]
+        if identity.key_limits is not None and identity.key_id is not None:
+            found.append(
+                Scope(
+                    f"key:{identity.key_id}",
+                    f"API key {identity.key_id}",
+                    identity.key_limits,
+                    self._keys.scope(user, f"key:{identity.key_id}"),
+                )
+            )
+        per_model = tier.models.get(model)
+        if per_model is not None:
+            found.append(self._model_scope(user, model, per_model))
+        return found
+
+    def _tier(self, identity: Identity) -> TierSettings:
+        tiers = self._settings.tiers
+        # a key may name a tier since removed from the configuration: the default applies
+        return tiers.get(identity.tier or "") or tiers[self._settings.default_tier]
+
+    def _model_scope(self, user: str, model: str, limits: LimitSettings) -> Scope:
+        return Scope(
+            f"model:{model}",
+            f"model {model} for user {user}",
+            limits,
+            self._keys.scope(user, f"model:{model}"),
+        )
+
+    async def peek(self, identity: Identity) -> list[dict[str, Any]]:
+        """What each scope of `identity` has used of its limits and what remains, changing
+        nothing: the user, the key, and every model its tier limits (that the key may use)."""
+        scopes = self.scopes(identity, "")
+        for model, limits in sorted(self._tier(identity).models.items()):
+            if identity.models is None or model in identity.models:
+                scopes.append(self._model_scope(identity.user, model, limits))
+        keys = self._keys.limiter(identity.user)
+        argv: list[Any] = ["", len(scopes)]
+        for scope in scopes:
+            keys.extend(scope.keys)
+            argv.extend(scope.argv())
+        figures: list[Any] = await self._store.call(
+            lambda r: self._peek(keys=keys, args=argv, client=r), "peek"
+        )
+        out = []
+        for i, scope in enumerate(scopes):
+            row = [int(v) for v in figures[8 * i : 8 * i + 8]]
+            shown: dict[str, Any] = {}
+            for j, name in enumerate(_LIMIT_SETTINGS.values()):
+                limit, used = row[2 * j], row[2 * j + 1]
+                if limit >= 0:
+                    shown[name] = {"limit": limit, "used": used, "remaining": max(limit - used, 0)}
+            out.append({"scope": scope.name, "limits": shown})
+        return out
+
+    async def admit(self, identity: Identity, model: str, estimate: int) -> Admission | None:
+        """Reserve a place for one request, or raise 429; None when admitted by policy."""
+        scopes = self.scopes(identity, model)
+        member = os.urandom(12).hex()
+        keys = self._keys.limiter(identity.user)
+        argv: list[Any] = [member, estimate, "", self._lease_ms, len(scopes)]
+        for scope in scopes:
+            keys.extend(scope.keys)
+            argv.extend(scope.argv())
+
+        def orphaned(result: list[Any]) -> None:
+            """Admitted after its caller left (cancelled): give the reservation back."""
+            if int(result[0]) == 1:
+                self.settle(Admission(member, identity.user, scopes, estimate, result), 0)
+
+        pending = self._batch.run(self._admit, keys, argv, orphaned)
+        try:
+            result = await pending
+        except asyncio.CancelledError:
+            # cancelled after the answer came but before this resumed: no orphan callback then
+            if pending.done() and not pending.cancelled() and pending.exception() is None:
+                orphaned(pending.result())
+            raise
+        except RedisUnavailable as exc:
+            if exc.maybe_ran:
+                # A timeout: Redis may have run the script even so. Undo it if it did, once
+                # Redis answers again; settling an admission that never happened does nothing.
+                self.settle(Admission(member, identity.user, scopes, estimate), 0)
+            self.apply_policy(identity)
+            return None
+        if int(result[0]) == 0:
+            raise _rejection(scopes[int(result[1]) - 1], result)
+        admission = Admission(member, identity.user, scopes, estimate, result)
+        if any(mask & _SLOT for mask in admission.masks):
+            self._holding[member] = admission
+        return admission
+
+    def settle(self, admission: Admission, tokens: int) -> None:
+        """Charge `tokens` for an admitted request and free its slot, in the background."""
+        if admission.settled:
+            return
+        admission.settled = True
+        task = asyncio.get_running_loop().create_task(self._write_settlement(admission, tokens))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        """Wait for the settlements still being written (shutdown)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._batch.drain()
+
+    async def _write_settlement(self, admission: Admission, tokens: int) -> None:
+        """Settle, retrying: settle.lua applies a settlement once however often it is sent."""
+        keys = self._keys.limiter(admission.user)
+        for scope in admission.scopes:
+            keys.extend(scope.keys)
+        argv: list[Any] = [admission.member, tokens, "", len(admission.scopes)]
+        for pause in (*_SETTLE_RETRY_PAUSES, None):
+            try:
+                await self._batch.run(self._settle, keys, argv)
+                break
+            except RedisUnavailable:
+                if pause is None:
+                    self.unsettled += 1
+                    self._log.error(
+                        "settle_failed",
+                        user=admission.user,
+                        tokens=tokens,
+                        reserved=admission.reserved,
+                        note="the reservation stands; the concurrency slot expires with its lease",
+                    )
+                    break
+                await asyncio.sleep(pause)
+        self._holding.pop(admission.member, None)
+
+    async def renew_leases(self) -> None:
+        """Extend the concurrency leases of the requests this replica is running; forever."""
+        interval = self._settings.concurrency_lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            holding = list(self._holding.values())
+            if not holding:
+                continue
+
+            renewals = []
+            for admission in holding:
+                conc = [
+                    s.keys[4]
+                    for s, mask in zip(admission.scopes, admission.masks, strict=True)
+                    if mask & _SLOT
+                ]
+                if conc:
+                    args = [admission.member, self._lease_ms, ""]
+                    renewals.append(self._batch.run(self._renew, conc, args))
+            # Sent together, each to the node of its user. A failure is logged by the store;
+            # leases are long enough to survive a blip.
+            await asyncio.gather(*renewals, return_exceptions=True)
+
+    def apply_policy(self, identity: Identity) -> None:
+        """Redis cannot be asked: forward without a quota (fail_open) or answer 503."""
+        self.policy_uses += 1
+        self._policy.inc()
+        policy = "fail_open" if self._fail_open else "fail_closed"
+        self._log.warning("ratelimit_policy_used", policy=policy, user=identity.user)
+        if self._fail_open:
+            return
+        raise ServiceUnavailable(
+            "The gateway cannot check quotas right now; retry shortly.",
+            code="quota_unavailable",
+            headers={"retry-after": "1"},
+        )
+
+
+def estimate_tokens(body: bytes, max_output_tokens: int | None, default_output: int) -> int:
+    """A generous estimate of a request's tokens: its input, plus its output."""
+    return estimate_input_tokens(len(body)) + (max_output_tokens or default_output)
+
+
+def _rejection(scope: Scope, result: list[Any]) -> RateLimited:
+    limit = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
+    retry_ms = max(int(result[3]), 1)
+    value = int(result[4])
+    seconds = math.ceil(retry_ms / 1000)
+    headers = {"retry-after": str(seconds), "retry-after-ms": str(retry_ms)}
+    if limit in ("requests", "tokens"):
+        headers[f"x-ratelimit-limit-{limit}"] = str(value)
+        headers[f"x-ratelimit-remaining-{limit}"] = "0"
+        headers[f"x-ratelimit-reset-{limit}"] = duration(retry_ms)
+    daily = limit == "tokens_per_day"
+    return RateLimited(
+        f"Rate limit reached for {scope.description} on {_LIMIT_NAMES[limit]}: limit {value}. "
+        f"Please try again in {duration(retry_ms)}.",
+        type_="insufficient_quota" if daily else ("tokens" if limit == "tokens" else "requests"),
+        code="insufficient_quota" if daily else "rate_limit_exceeded",
+        headers=headers,
+        limit=_LIMIT_SETTINGS[limit],
+        scope=scope.name.split(":", 1)[0],  # user, key or model: not which one
+    )
+
+
+def _headers(
+    lim_req: int, rem_req: int, reset_req: int, lim_tok: int, rem_tok: int, reset_tok: int
+) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    if lim_req >= 0:
+        out += [
+            (b"x-ratelimit-limit-requests", str(lim_req).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(rem_req, 0)).encode()),
+            (b"x-ratelimit-reset-requests", duration(reset_req).encode()),
+        ]
+    if lim_tok >= 0:
+        out += [
+            (b"x-ratelimit-limit-tokens", str(lim_tok).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(rem_tok, 0)).encode()),
+            (b"x-ratelimit-reset-tokens", duration(reset_tok).encode()),
+        ]
+    return out
+
+
+def duration(ms: int) -> str:
+    """A wait in OpenAI's header format: ``20ms``, ``1.5s``, ``6m0s``."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.3g}s"
+    minutes, rest = divmod(ms // 1000, 60)
+    return f"{minutes}m{rest}s"
+
+
+def _arg(value: int | None) -> int:
+    return _UNLIMITED if value is None else value

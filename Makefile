@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test lint check bench clean lock redis-server promtool
+.PHONY: run test lint bench clean lock redis-server promtool
 
 # The virtualenv holds exactly uv.lock (dev tools included; the project itself editable),
 # installed by uv, pinned here (the Dockerfile pins the same) and bootstrapped with the venv's

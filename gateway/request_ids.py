@@ -1,4 +1,5 @@
-"""Request ids: every response carries one, and the upstream request too."""
+"""Request ids (every response carries one, and the upstream request too) and the other ids
+the gateway makes: unique across replicas, told apart by their prefix."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ class RequestIds:
     system call per request.
     """
 
-    def __init__(self) -> None:
-        self._prefix = "req_" + secrets.token_hex(8)
+    def __init__(self, kind: str = "req") -> None:
+        """`kind`: the prefix that says what the ids name (``req``, a request; ``rec``, a
+        usage record)."""
+        self._prefix = f"{kind}_{secrets.token_hex(8)}"
         self._counter = itertools.count(1)
 
     def for_scope(self, scope: Scope) -> str:

@@ -26,7 +26,7 @@ from ..asgi import decode_body
 from ..errors import AuthenticationFailed, InvalidRequest, NotFound, ServiceUnavailable
 from ..identity import KeyRecord
 from ..runtime import Runtime
-from ..settings import LimitSettings
+from ..settings import QuotaLimits
 
 _User = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _UnixTime = Annotated[float, msgspec.Meta(ge=0, le=4_102_444_800)]  # until 2100
@@ -46,7 +46,7 @@ class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     expires_at: _UnixTime | None = None
     """Unix time; or give `expires_in_days`."""
     expires_in_days: Annotated[float, msgspec.Meta(gt=0, le=36_500)] | None = None
-    limits: LimitSettings | None = None
+    limits: QuotaLimits | None = None
 
 
 class KeyUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,7 +56,7 @@ class KeyUpdate(msgspec.Struct, forbid_unknown_fields=True):
     tier: str | msgspec.UnsetType | None = msgspec.UNSET
     models: list[str] | msgspec.UnsetType | None = msgspec.UNSET
     expires_at: _UnixTime | msgspec.UnsetType | None = msgspec.UNSET
-    limits: LimitSettings | msgspec.UnsetType | None = msgspec.UNSET
+    limits: QuotaLimits | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class KeyView(msgspec.Struct):
@@ -70,7 +70,7 @@ class KeyView(msgspec.Struct):
     expires_at: float | None = None
     revoked_at: float | None = None
     last_used_at: float | None = None
-    limits: LimitSettings | None = None
+    limits: QuotaLimits | None = None
 
 
 class CreatedKey(KeyView, kw_only=True):
@@ -85,7 +85,7 @@ class KeyList(msgspec.Struct):
 
 class UserLimits(msgspec.Struct):
     user: str
-    overrides: LimitSettings
+    overrides: QuotaLimits
     """Replace the tier's limits for this user; an absent limit keeps the tier's."""
 
 
@@ -178,7 +178,7 @@ class AdminController(Controller):
             for long, short in _OVERRIDE_FIELDS.items()
             if short.encode() in fields
         }
-        return UserLimits(user, LimitSettings(**values))
+        return UserLimits(user, QuotaLimits(**values))
 
     @put("/users/{user:str}/limits")
     async def set_limits(
@@ -208,12 +208,12 @@ class AdminController(Controller):
     async def clear_limits(self, runtime: Runtime, user: str) -> UserLimits:
         name = runtime.redis_keys.user_override(user)
         await _redis(runtime).call(lambda r: r.delete(name), "limits")
-        return UserLimits(user, LimitSettings())
+        return UserLimits(user, QuotaLimits())
 
 
 _key_create = msgspec.json.Decoder(KeyCreate)
 _key_update = msgspec.json.Decoder(KeyUpdate)
-_limits = msgspec.json.Decoder(LimitSettings)
+_limits = msgspec.json.Decoder(QuotaLimits)
 T = TypeVar("T")
 
 

@@ -23,7 +23,7 @@ from litestar.types import Scope
 
 from ..errors import AuthenticationFailed, ServiceUnavailable
 from ..metrics import Metrics
-from ..settings import AuthSettings, LimitSettings
+from ..settings import AuthSettings, QuotaLimits
 from ..state import RedisUnavailable
 from .credentials import presented, refuse_query_credentials
 from .keys import KeyHasher, KeyRecord, KeyStore, key_id_of
@@ -47,7 +47,7 @@ class Identity(msgspec.Struct, frozen=True):
     tier: str | None = None
     models: frozenset[str] | None = None
     """Models this caller may use; all when None."""
-    key_limits: LimitSettings | None = None
+    key_limits: QuotaLimits | None = None
 
 
 class _Cached(msgspec.Struct):

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from ..settings import LimitSettings
+from ..settings import QuotaLimits
 from ..state import RedisKeys, RedisStore
 
 PREFIX = "sk-gw-"
@@ -43,7 +43,7 @@ class KeyRecord(msgspec.Struct, omit_defaults=True):
     models: tuple[str, ...] | None = None
     expires_at: float | None = None
     revoked_at: float | None = None
-    limits: LimitSettings | None = None
+    limits: QuotaLimits | None = None
     last_used_at: float | None = None
     """Stored apart from the record (written without rewriting it); filled in on reads, like
     `revoked_at`, which no rewrite of the record may undo."""
@@ -119,7 +119,7 @@ class KeyStore:
         tier: str | None = None,
         models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
-        limits: LimitSettings | None = None,
+        limits: QuotaLimits | None = None,
     ) -> tuple[KeyRecord, str]:
         """Issue a key; returns its record and the key, which is never available again."""
         key_id, key = new_key()

@@ -84,8 +84,6 @@ class SsoIdentity(msgspec.Struct, frozen=True):
     """The `user_claim` claim."""
     tier: str | None
     """From `tier_claim` through the `tiers` map; None when nothing matches or no tier_claim."""
-    groups: tuple[str, ...]
-    """The string values of `tier_claim`, in the token's order (empty when none)."""
 
 
 class _Key(NamedTuple):
@@ -399,4 +397,4 @@ class JwtVerifier:
             raise SsoRejected("missing_user_claim")
         groups = _claim_values(claims.get(settings.tier_claim)) if settings.tier_claim else ()
         tier = next((settings.tiers[g] for g in groups if g in settings.tiers), None)
-        return SsoIdentity(user=user, tier=tier, groups=groups)
+        return SsoIdentity(user=user, tier=tier)

@@ -209,7 +209,7 @@ class Ledger:
         self._pending: list[tuple[UsageRecord, bytes | None]] = []
         """Records queued since the writer last took them, each with its JSON if encoded
         already (a request's is: its log line's)."""
-        self._ids = RequestIds()
+        self._ids = RequestIds("rec")
         self._closed: deque[Batch] = deque()
         """Batches taken but not yet written, oldest first."""
         self._per_batch = min(BATCH, settings.buffer_records // 4)

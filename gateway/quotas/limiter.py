@@ -24,7 +24,7 @@ from ..errors import RateLimited, ServiceUnavailable
 from ..identity import Identity
 from ..metrics import Metrics
 from ..outcome import estimate_input_tokens
-from ..settings import LimitSettings, LimitsSettings, TierSettings
+from ..settings import LimitsSettings, QuotaLimits, TierSettings
 from ..state import RedisKeys, RedisStore, RedisUnavailable, ScriptBatcher
 
 _UNLIMITED = -1
@@ -45,13 +45,13 @@ _LIMIT_SETTINGS = {  # the names the configuration gives them
 }
 
 
-class Scope:
+class QuotaScope:
     """One set of counters a request is checked against."""
 
     __slots__ = ("description", "is_user", "keys", "limits", "name")
 
     def __init__(
-        self, name: str, description: str, limits: LimitSettings, keys: tuple[str, ...]
+        self, name: str, description: str, limits: QuotaLimits, keys: tuple[str, ...]
     ) -> None:
         self.name, self.description, self.limits, self.keys = name, description, limits, keys
         self.is_user = name == "user"
@@ -76,7 +76,7 @@ class Admission:
         self,
         member: str,
         user: str,
-        scopes: list[Scope],
+        scopes: list[QuotaScope],
         reserved: int,
         result: list[Any] | None = None,
     ) -> None:
@@ -121,17 +121,15 @@ class Limiter:
         self._pending: set[asyncio.Task[None]] = set()
         self.policy_uses = 0
         """Requests forwarded without a quota check because Redis was unreachable."""
-        self.unsettled = 0
-        """Settlements that could not be written (Redis unreachable): logged each."""
 
-    def scopes(self, identity: Identity, model: str) -> list[Scope]:
+    def scopes(self, identity: Identity, model: str) -> list[QuotaScope]:
         """Every scope that applies to `identity` calling `model`."""
         tier = self._tier(identity)
         user = identity.user
-        found = [Scope("user", f"user {user}", tier, self._keys.scope(user, "user"))]
+        found = [QuotaScope("user", f"user {user}", tier, self._keys.scope(user, "user"))]
         if identity.key_limits is not None and identity.key_id is not None:
             found.append(
-                Scope(
+                QuotaScope(
                     f"key:{identity.key_id}",
                     f"API key {identity.key_id}",
                     identity.key_limits,
@@ -148,8 +146,8 @@ class Limiter:
         # a key may name a tier since removed from the configuration: the default applies
         return tiers.get(identity.tier or "") or tiers[self._settings.default_tier]
 
-    def _model_scope(self, user: str, model: str, limits: LimitSettings) -> Scope:
-        return Scope(
+    def _model_scope(self, user: str, model: str, limits: QuotaLimits) -> QuotaScope:
+        return QuotaScope(
             f"model:{model}",
             f"model {model} for user {user}",
             limits,
@@ -246,7 +244,6 @@ class Limiter:
                 break
             except RedisUnavailable:
                 if pause is None:
-                    self.unsettled += 1
                     self._log.error(
                         "settle_failed",
                         user=admission.user,
@@ -301,7 +298,7 @@ def estimate_tokens(body: bytes, max_output_tokens: int | None, default_output: 
     return estimate_input_tokens(len(body)) + (max_output_tokens or default_output)
 
 
-def _rejection(scope: Scope, result: list[Any]) -> RateLimited:
+def _rejection(scope: QuotaScope, result: list[Any]) -> RateLimited:
     limit = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
     retry_ms = max(int(result[3]), 1)
     value = int(result[4])

@@ -190,8 +190,8 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Seconds any one Redis command may take before it counts as failed."""
     on_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
     """When Redis is unreachable: ``fail_closed`` answers 503 to every request that needs it;
-    ``fail_open`` serves requests without enforcing quotas (keys already seen in the last
-    minute still authenticate)."""
+    ``fail_open`` serves requests without enforcing quotas (keys looked up in the last
+    hour still authenticate)."""
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 64
     """Connections per process; requests beyond wait for one (within `timeout`)."""
     breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
@@ -257,7 +257,7 @@ class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sso: SsoSettings | None = None
 
 
-class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class QuotaLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A set of limits; an absent one is not enforced."""
 
     requests_per_minute: NonNegativeInt | None = None
@@ -267,10 +267,10 @@ class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     concurrent_requests: NonNegativeInt | None = None
 
 
-class TierSettings(LimitSettings, frozen=True, forbid_unknown_fields=True):
+class TierSettings(QuotaLimits, frozen=True, forbid_unknown_fields=True):
     """The limits of one tier, and optionally tighter ones per model."""
 
-    models: dict[str, LimitSettings] = msgspec.field(default_factory=dict)
+    models: dict[str, QuotaLimits] = msgspec.field(default_factory=dict)
 
 
 class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -23,7 +23,6 @@ class EmbeddedRedis:
     def __init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self.url = ""
 
     async def start(self) -> str:
         """Start it; returns its URL."""
@@ -56,8 +55,7 @@ class EmbeddedRedis:
                 await asyncio.sleep(0.025)
                 continue
             writer.close()
-            self.url = f"redis://127.0.0.1:{port}/0"
-            return self.url
+            return f"redis://127.0.0.1:{port}/0"
         await self.stop()
         raise EmbeddedRedisError(f"redis-server did not start on 127.0.0.1:{port}")
 

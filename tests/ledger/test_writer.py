@@ -110,6 +110,8 @@ def test_one_record_per_request_whatever_its_end(
     rejected = next(r for r in records if r["end"] == "rejected")
     assert rejected["status"] == 429
     assert all(r["latency_ms"] >= 0 and r["key_id"].startswith("k") for r in records)
+    # a record id never reads like a request id (the client's, or one the gateway gave)
+    assert all(r["id"].startswith("rec_") and r["request_id"] != r["id"] for r in records)
     # Each record is its request's log line, byte for byte after structlog's own three fields:
     # one JSON object, encoded once for both.
     output = ledgered.output().split("\n")

@@ -13,7 +13,7 @@ from litestar.types import Receive, Scope, Send
 from litestar.utils import normalize_path
 
 from .admin import AdminController, CallerUsageController, UsageAdminController, admin_guard
-from .errors import GatewayError, InternalError, ServiceUnavailable
+from .errors import GatewayError, InternalError, ServiceUnavailable, render
 from .routes import ModelList, ModelsController, healthz, metrics, model_list, readyz
 from .runtime import OnReady, Runtime
 from .server import Cors, RequestLog, note_error, request_id_of
@@ -45,36 +45,34 @@ def create_app(
     def provide_runtime() -> Runtime:
         return runtime
 
-    def render(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
-        """The one rendering of an error outside the hot path; its code and `param` go to
-        the request's log line."""
+    def respond(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
+        """An error as Litestar answers it (rendered as the hot path does); its code and
+        `param` go to the request's log line."""
         note_error(request.scope, error.code, error.param)
         request_id = request_id_of(request.scope) or runtime.ids.for_scope(request.scope)
+        body, headers = render(error, request_id)
         return Response(
-            error.body(),
-            status_code=error.status,
-            media_type="application/json",
-            headers={**error.headers, "x-request-id": request_id},
+            body, status_code=error.status, media_type="application/json", headers=dict(headers)
         )
 
     def gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-        return render(request, exc)
+        return respond(request, exc)
 
     def redis_unavailable(
         request: Request[Any, Any, Any], _exc: RedisUnavailable
     ) -> Response[bytes]:
         error = ServiceUnavailable("Redis is unreachable; retry shortly.")
         error.headers["retry-after"] = "1"
-        return render(request, error)
+        return respond(request, error)
 
     def http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
         """Litestar's own errors (unknown path, wrong method, a query parameter missing or of
         the wrong type) in the OpenAI shape."""
-        return render(request, _from_litestar(exc))
+        return respond(request, _from_litestar(exc))
 
     def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         request.logger.exception("unhandled_error", path=request.url.path)
-        return render(request, InternalError("The gateway failed to handle this request."))
+        return respond(request, InternalError("The gateway failed to handle this request."))
 
     async def caller_guard(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
         """/v1/models and /v1/usage take the same credentials as /v1/responses."""

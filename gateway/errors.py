@@ -1,4 +1,4 @@
-"""Every error a client can see, and the one place that renders it.
+"""Every error a client can see, and the one place that renders it (`render`).
 
 All of them render as OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``
 with the status the API uses for that case::
@@ -65,6 +65,13 @@ class GatewayError(Exception):
     def body(self) -> bytes:
         """The JSON body the client receives."""
         return error_body(self.message, self.type, self.param, self.code)
+
+
+def render(error: GatewayError, request_id: str) -> tuple[bytes, list[tuple[str, str]]]:
+    """An error as its client gets it, on every route and the hot path alike: the JSON body,
+    and the headers that go with it (the request id, then the error's own: ``Retry-After``,
+    ``Allow``...). The transport adds its content type and length."""
+    return error.body(), [("x-request-id", request_id), *error.headers.items()]
 
 
 def error_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:

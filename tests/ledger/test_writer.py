@@ -26,7 +26,7 @@ from gateway.ledger import Ledger
 from gateway.ledger.record import UsageRecord, encode, progress_of, record_of
 from gateway.metrics import Metrics
 from gateway.outcome import Outcome, Usage
-from gateway.proxy.endpoint import finish
+from gateway.proxy.account import finish
 from gateway.settings import LedgerSettings, RedisSettings
 from gateway.state import RedisKeys, RedisStore, ScriptBatcher
 from tests.support.admin import create_key, keyed_config, mock_config

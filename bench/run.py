@@ -276,7 +276,9 @@ def _round_trips(gateway: ServerProcess, body: str, key: str, client: redis.Redi
 
 
 def gateway_configs(static_port: int, live_port: int, redis_url: str) -> dict[str, str]:
-    """The YAML of the two gateways under test: `open` (no auth) and `keyed`."""
+    """The YAML of the gateways under test, by name: `open` (no auth), `keyed` (keys, quotas
+    and the ledger), `no-ledger` (keyed without the ledger) and `twin` (a second `no-ledger`,
+    to measure the spread between two identical gateways)."""
     common = (
         "providers:\n"
         f"  static: {{base_url: 'http://127.0.0.1:{static_port}/v1', api_key: bench-key}}\n"

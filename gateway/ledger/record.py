@@ -3,7 +3,7 @@
 Both are one JSON object, encoded once per request at its end (`encode(record_of(ex))`): the
 log line is that object with structlog's `event`, `level` and `timestamp` in front (see
 `logging.py`), and the ledger writes the very same bytes to its stream. Encoding the request's
-facts twice, once for each, was most of what the ledger cost (see README, Performance).
+facts twice, once for each, was most of what the ledger cost (see docs/performance.md).
 """
 
 from __future__ import annotations

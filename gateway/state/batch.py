@@ -3,7 +3,7 @@
 Under load many requests are admitted (and settled) at once; each EVALSHA on its own costs a
 pooled connection, a write and a read. Queued here and flushed at the end of the loop's current
 turn, they share one round trip: no request waits longer than it would have for its own call,
-and under load the client-side cost per call is about halved (see README, Performance).
+and under load the client-side cost per call is about halved (see docs/performance.md).
 """
 
 from __future__ import annotations

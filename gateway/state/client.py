@@ -74,13 +74,14 @@ class LeanPool(aioredis.BlockingConnectionPool):
     """redis-py's bounded pool (standalone Redis; Sentinel and Cluster keep redis-py's) without
     what it costs per use while a connection is free: its lock, wait and timeout contexts and
     the awaits of its observability hooks took 11 µs per acquire and release, 2.4 µs here, and
-    every pipeline of script calls pays it (3 to 4 µs of gateway CPU per keyed request; README,
-    Performance). A free connection is checked as the pool checks it (`ensure_connection`) and
-    handed out. Everything else takes redis-py's own path: a caller who must wait and the
-    release that wakes it (waiting as redis-py's: not first come, first served), the pool in
-    maintenance (never, with maintenance notifications off as `connect` sets them), and a
-    connection that re-authenticates on release (token credentials). Left out of the fast
-    path: the pool's OpenTelemetry counts of connections in use (the gateway enables none)."""
+    every pipeline of script calls pays it (3 to 4 µs of gateway CPU per keyed request; see
+    docs/performance.md). A free connection is checked as the pool checks it
+    (`ensure_connection`) and handed out. Everything else takes redis-py's own path: a caller
+    who must wait and the release that wakes it (waiting as redis-py's: not first come, first
+    served), the pool in maintenance (never, with maintenance notifications off as `connect`
+    sets them), and a connection that re-authenticates on release (token credentials). Left out
+    of the fast path: the pool's OpenTelemetry counts of connections in use (the gateway enables
+    none)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

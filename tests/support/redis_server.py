@@ -17,7 +17,7 @@ import redis
 from tests.support.procs import free_port
 
 GATEWAY_ACL = ("resetkeys", "~gw:*", "resetchannels", "+@all", "-@dangerous", "+info")
-"""The ACL rules README recommends for the gateway's Redis user (README, "Deploying on
+"""The ACL rules the README recommends for the gateway's Redis user (its "Deploying on
 Kubernetes"): the tests' ACL users have exactly these, so the recommendation is tried."""
 
 

@@ -21,7 +21,7 @@
 -- ARGV[4] the writer's id
 -- ARGV[5] the batch's number
 -- ARGV[6] its records: JSON, one a line (they become one entry, field `r`: an entry per record
---         cost Redis ~2 us per record, one per batch 0.6-0.9 us: see README, Performance)
+--         cost Redis ~2 us per record, one per batch 0.6-0.9 us: see docs/performance.md)
 -- ARGV[7] G, the number of groups
 -- ARGV[8] the number of records
 -- ARGV[9 + 9(g-1)..] group g: user, "YYYY-MM-DD TAB model TAB" (its sum fields' prefix), when its

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from litestar import Litestar, Request, Response, asgi
 from litestar.connection import ASGIConnection
@@ -12,15 +13,25 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Receive, Scope, Send
 from litestar.utils import normalize_path
 
-from .admin import AdminController, CallerUsageController, UsageAdminController, admin_guard
+from .admin import AdminController, UsageAdminController
 from .errors import GatewayError, InternalError, ServiceUnavailable, render
-from .routes import ModelList, ModelsController, healthz, metrics, model_list, readyz
+from .identity import admin_guard
+from .routes import (
+    CallerUsageController,
+    ModelList,
+    ModelsController,
+    healthz,
+    metrics,
+    model_list,
+    readyz,
+)
 from .runtime import OnReady, Runtime
 from .server import Cors, RequestLog, note_error, request_id_of
 from .settings import Settings
 from .state import RedisUnavailable
 
 RESPONSES_PATH = "/v1/responses"
+T = TypeVar("T")
 PROBES = ("/healthz", "/readyz", "/metrics")
 
 
@@ -44,6 +55,17 @@ def create_app(
 
     def provide_runtime() -> Runtime:
         return runtime
+
+    def opened(service: Callable[[], T | None]) -> Provide:
+        """A dependency on one of the runtime's services: 503 until it is open."""
+
+        def provide() -> T:
+            value = service()
+            if value is None:
+                raise ServiceUnavailable("The gateway is starting up.")
+            return value
+
+        return Provide(provide, sync_to_thread=False)
 
     def respond(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
         """An error as Litestar answers it (rendered as the hot path does); its code and
@@ -105,8 +127,15 @@ def create_app(
         handlers.append(type("UsageAdmin", (UsageAdminController,), admin_only))
     app = Litestar(
         route_handlers=handlers,
+        # Each handler takes what it needs, open (no handler checks for None): the names must
+        # not be those of any query or body field (see `models` above).
         dependencies={
-            "runtime": Provide(provide_runtime, sync_to_thread=False),
+            "runtime": Provide(provide_runtime, sync_to_thread=False),  # the probes' subject
+            "settings": Provide(lambda: settings, sync_to_thread=False),
+            "log": Provide(lambda: runtime.log, sync_to_thread=False),
+            "keystore": opened(lambda: runtime.keystore),
+            "limiter": opened(lambda: runtime.limiter),
+            "reports": opened(lambda: runtime.reports),
         },
         lifespan=[runtime.lifespan],
         exception_handlers={

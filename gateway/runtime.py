@@ -19,7 +19,7 @@ from litestar.types import Receive, Scope, Send
 
 from .errors import ServiceUnavailable
 from .identity import Authenticator, KeyHasher, KeyStore
-from .ledger import Ledger
+from .ledger import Ledger, UsageReports
 from .metrics import Metrics
 from .proxy import ResponsesEndpoint, Router
 from .quotas import Limiter
@@ -54,6 +54,7 @@ class Runtime:
         self.auth: Authenticator | None = None
         self.limiter: Limiter | None = None
         self.ledger: Ledger | None = None
+        self.reports: UsageReports | None = None
         self._on_ready = on_ready
         self._upstreams = Upstreams(settings.providers)
         self._endpoint: ResponsesEndpoint | None = None
@@ -114,6 +115,7 @@ class Runtime:
             self.log.info("embedded_redis_started", url=url)
         self.store = RedisStore(self.settings.redis, url, self.log, self.metrics)
         self.keystore = KeyStore(self.store, self.redis_keys, KeyHasher(self.settings.auth.pepper))
+        self.reports = UsageReports(self.store, self.redis_keys)
         self.auth = Authenticator(
             self.settings.auth, self.keystore, self.fail_open, self.log, self.metrics
         )

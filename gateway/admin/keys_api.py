@@ -1,8 +1,8 @@
 """The admin API: issue, list, show, change and revoke API keys; override users' limits.
 
 Served under ``/admin`` only when ``auth.admin_key`` is set, and only to a request presenting
-that credential (``Authorization: Bearer <admin key>``). A created key is in the response to
-its creation and nowhere else, ever.
+that credential (``Authorization: Bearer <admin key>``, `gateway.identity.admin_guard`). A
+created key is in the response to its creation and nowhere else, ever.
 
 Bodies are decoded here (`_body`), not by Litestar: Litestar takes a body field that fails
 validation and shares its name with one of its dependencies (``models`` did) for a broken
@@ -12,30 +12,20 @@ it, whatever the dependencies are called.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post, put
-from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 
 from ..asgi import decode_body
-from ..errors import AuthenticationFailed, InvalidRequest, NotFound, ServiceUnavailable
-from ..identity import KeyRecord
-from ..runtime import Runtime
-from ..settings import QuotaLimits
+from ..errors import InvalidRequest, NotFound
+from ..identity import KeyRecord, KeyStore
+from ..quotas import Limiter
+from ..settings import QuotaLimits, Settings
 
 _User = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _UnixTime = Annotated[float, msgspec.Meta(ge=0, le=4_102_444_800)]  # until 2100
-_OVERRIDE_FIELDS = {
-    "requests_per_minute": "rpm",
-    "tokens_per_minute": "tpm",
-    "tokens_per_day": "tpd",
-    "concurrent_requests": "conc",
-}
 
 
 class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,36 +79,22 @@ class UserLimits(msgspec.Struct):
     """Replace the tier's limits for this user; an absent limit keeps the tier's."""
 
 
-def admin_guard(admin_key: str) -> Any:
-    """A Litestar guard accepting only `Authorization: Bearer <admin_key>`."""
-    expected = hashlib.sha256(admin_key.encode()).digest()
-
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _h: BaseRouteHandler) -> None:
-        given = connection.headers.get("authorization", "")
-        scheme, _, credential = given.partition(" ")
-        digest = hashlib.sha256(credential.strip().encode()).digest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(digest, expected):
-            raise AuthenticationFailed(
-                "The admin API needs the admin credential: Authorization: Bearer ADMIN_KEY."
-            )
-
-    return guard
-
-
 class AdminController(Controller):
     """/admin: keys and limits."""
 
     path = "/admin"
 
     @post("/keys", status_code=201)
-    async def create_key(self, runtime: Runtime, request: Request[Any, Any, Any]) -> CreatedKey:
+    async def create_key(
+        self, keystore: KeyStore, settings: Settings, log: Any, request: Request[Any, Any, Any]
+    ) -> CreatedKey:
         """Issue a key; the response holds the key, which is never shown again."""
         data = await _body(request, _key_create)
-        _check_choices(runtime, data.tier, data.models)
+        _check_choices(settings, data.tier, data.models)
         expires_at = data.expires_at
         if data.expires_in_days is not None:
             expires_at = time.time() + data.expires_in_days * 86400
-        record, key = await _keystore(runtime).create(
+        record, key = await keystore.create(
             data.user,
             team=data.team,
             tier=data.tier,
@@ -126,26 +102,31 @@ class AdminController(Controller):
             expires_at=expires_at,
             limits=data.limits,
         )
-        runtime.log.info("key_created", key_id=record.id, owner=record.user)
+        log.info("key_created", key_id=record.id, owner=record.user)
         view = _view(record)
         return CreatedKey(**msgspec.structs.asdict(view), key=key)
 
     @get("/keys")
-    async def list_keys(self, runtime: Runtime, user: str | None = None) -> KeyList:
+    async def list_keys(self, keystore: KeyStore, user: str | None = None) -> KeyList:
         """Every key (of `user`, when given); never the keys themselves."""
-        return KeyList([_view(r) for r in await _keystore(runtime).list(user)])
+        return KeyList([_view(r) for r in await keystore.list(user)])
 
     @get("/keys/{key_id:str}")
-    async def show_key(self, runtime: Runtime, key_id: str) -> KeyView:
-        return _view(await _get(runtime, key_id))
+    async def show_key(self, keystore: KeyStore, key_id: str) -> KeyView:
+        return _view(await _get(keystore, key_id))
 
     @patch("/keys/{key_id:str}")
     async def update_key(
-        self, runtime: Runtime, key_id: str, request: Request[Any, Any, Any]
+        self,
+        keystore: KeyStore,
+        settings: Settings,
+        log: Any,
+        key_id: str,
+        request: Request[Any, Any, Any],
     ) -> KeyView:
         """Change a key's limits, models, tier, team or expiry."""
         data = await _body(request, _key_update)
-        record = await _get(runtime, key_id)
+        record = await _get(keystore, key_id)
         changes = {
             f.name: getattr(data, f.name)
             for f in msgspec.structs.fields(data)
@@ -153,61 +134,39 @@ class AdminController(Controller):
         }
         if isinstance(changes.get("models"), list):
             changes["models"] = tuple(changes["models"])
-        _check_choices(runtime, changes.get("tier"), changes.get("models"))
+        _check_choices(settings, changes.get("tier"), changes.get("models"))
         updated = msgspec.structs.replace(record, **changes)
-        await _keystore(runtime).update(updated)
-        runtime.log.info("key_updated", key_id=key_id, fields=sorted(changes))
+        await keystore.update(updated)
+        log.info("key_updated", key_id=key_id, fields=sorted(changes))
         return _view(updated)
 
     @delete("/keys/{key_id:str}", status_code=200)
-    async def revoke_key(self, runtime: Runtime, key_id: str) -> KeyView:
+    async def revoke_key(self, keystore: KeyStore, log: Any, key_id: str) -> KeyView:
         """Revoke a key: every replica refuses it within `auth.key_cache_seconds`."""
-        record = await _get(runtime, key_id)
+        record = await _get(keystore, key_id)
         if record.revoked_at is None:
-            await _keystore(runtime).revoke(key_id, time.time())
-            record = await _get(runtime, key_id)
-            runtime.log.info("key_revoked", key_id=key_id)
+            await keystore.revoke(key_id, time.time())
+            record = await _get(keystore, key_id)
+            log.info("key_revoked", key_id=key_id)
         return _view(record)
 
     @get("/users/{user:str}/limits")
-    async def show_limits(self, runtime: Runtime, user: str) -> UserLimits:
-        name = runtime.redis_keys.user_override(user)
-        fields: dict[bytes, bytes] = await _redis(runtime).call(lambda r: r.hgetall(name), "limits")
-        values = {
-            long: int(fields[short.encode()])
-            for long, short in _OVERRIDE_FIELDS.items()
-            if short.encode() in fields
-        }
-        return UserLimits(user, QuotaLimits(**values))
+    async def show_limits(self, limiter: Limiter, user: str) -> UserLimits:
+        return UserLimits(user, await limiter.overrides(user))
 
     @put("/users/{user:str}/limits")
     async def set_limits(
-        self, runtime: Runtime, user: str, request: Request[Any, Any, Any]
+        self, limiter: Limiter, log: Any, user: str, request: Request[Any, Any, Any]
     ) -> UserLimits:
         """Replace `user`'s overrides; they apply to the next request on every replica."""
         data = await _body(request, _limits)
-        name = runtime.redis_keys.user_override(user)
-        mapping = {
-            short: getattr(data, long)
-            for long, short in _OVERRIDE_FIELDS.items()
-            if getattr(data, long) is not None
-        }
-
-        async def write(r: Any) -> None:
-            pipe = r.pipeline(transaction=True)
-            pipe.delete(name)
-            if mapping:
-                pipe.hset(name, mapping=mapping)
-            await pipe.execute()
-
-        await _redis(runtime).call(write, "limits")
-        runtime.log.info("limits_updated", owner=user, limits=mapping)
+        await limiter.set_overrides(user, data)
+        log.info("limits_updated", owner=user, limits=msgspec.to_builtins(data))
         return UserLimits(user, data)
 
     @delete("/users/{user:str}/limits", status_code=200)
-    async def clear_limits(self, runtime: Runtime, user: str) -> UserLimits:
-        name = runtime.redis_keys.user_override(user)
-        await _redis(runtime).call(lambda r: r.delete(name), "limits")
+    async def clear_limits(self, limiter: Limiter, user: str) -> UserLimits:
+        await limiter.clear_overrides(user)
         return UserLimits(user, QuotaLimits())
 
 
@@ -222,32 +181,20 @@ async def _body(request: Request[Any, Any, Any], decoder: msgspec.json.Decoder[T
     return decode_body(decoder, await request.body())
 
 
-def _keystore(runtime: Runtime) -> Any:
-    if runtime.keystore is None:
-        raise ServiceUnavailable("The gateway is starting up.")
-    return runtime.keystore
-
-
-def _redis(runtime: Runtime) -> Any:
-    if runtime.store is None:
-        raise ServiceUnavailable("The gateway is starting up.")
-    return runtime.store
-
-
-async def _get(runtime: Runtime, key_id: str) -> KeyRecord:
-    record: KeyRecord | None = await _keystore(runtime).get(key_id)
+async def _get(keystore: KeyStore, key_id: str) -> KeyRecord:
+    record: KeyRecord | None = await keystore.get(key_id)
     if record is None:
         raise NotFound(f"No API key with id `{key_id}`.", code="key_not_found")
     return record
 
 
-def _check_choices(runtime: Runtime, tier: str | None, models: Any) -> None:
-    tiers = runtime.settings.limits.tiers
+def _check_choices(settings: Settings, tier: str | None, models: Any) -> None:
+    tiers = settings.limits.tiers
     if tier is not None and tier not in tiers:
         raise InvalidRequest(
             f"Unknown tier `{tier}`; expected one of {', '.join(sorted(tiers))}.", param="tier"
         )
-    known = {m.name for m in runtime.settings.models}
+    known = {m.name for m in settings.models}
     for model in models or ():
         if model not in known:
             raise InvalidRequest(f"Unknown model `{model}`.", param="models")

@@ -15,13 +15,7 @@ from typing import Any
 import httpx
 
 from ..identity import KeyHasher
-
-_LIMIT_OPTIONS = {
-    "rpm": "requests_per_minute",
-    "tpm": "tokens_per_minute",
-    "tpd": "tokens_per_day",
-    "concurrency": "concurrent_requests",
-}
+from ..quotas import LIMITS
 
 
 def add_keys_commands(commands: Any) -> None:
@@ -54,8 +48,8 @@ def add_keys_commands(commands: Any) -> None:
 
 
 def _limit_arguments(parser: argparse.ArgumentParser) -> None:
-    for option, field in _LIMIT_OPTIONS.items():
-        parser.add_argument(f"--{option}", type=int, help=field.replace("_", " "))
+    for limit in LIMITS:
+        parser.add_argument(f"--{limit.option}", type=int, help=limit.description)
 
 
 def run_keys_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -104,9 +98,9 @@ def print_answer(command: str, response: httpx.Response) -> int:
 
 def _request(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
     limits = {
-        field: getattr(args, option)
-        for option, field in _LIMIT_OPTIONS.items()
-        if getattr(args, option, None) is not None
+        limit.setting: getattr(args, limit.option)
+        for limit in LIMITS
+        if getattr(args, limit.option, None) is not None
     }
     if args.action == "create":
         payload: dict[str, Any] = {"user": args.user}

@@ -1,4 +1,4 @@
-"""Usage over HTTP: `GET /v1/usage` (the caller's own) and `GET /admin/usage` (anyone's).
+"""Anyone's usage, for admins: `GET /admin/usage` and `GET /admin/usage/records`.
 
 ``/admin/usage?user=&model=&from=&to=&group_by=day,model,user`` sums the ledger by any of
 those; ``/admin/usage/records?since=&until=&format=jsonl|csv`` streams the records themselves
@@ -12,16 +12,14 @@ import datetime as dt
 import math
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Controller, Request, get
+from litestar import Controller, get
 from litestar.params import QueryParameter
 from litestar.response import Stream
 
-from ..errors import InvalidRequest, ServiceUnavailable
-from ..identity import Identity
+from ..errors import InvalidRequest
 from ..ledger import GROUPS, MAX_DAYS, Report, UsageReports, csv_header, csv_line, jsonl_line, today
-from ..runtime import Runtime
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _LATEST = 4_102_444_800.0  # 2100-01-01, Unix seconds
@@ -35,7 +33,7 @@ class UsageAdminController(Controller):
     @get("")
     async def usage_report(
         self,
-        runtime: Runtime,
+        reports: UsageReports,
         user: str | None = None,
         model: str | None = None,
         first: Annotated[str | None, QueryParameter(name="from")] = None,
@@ -57,12 +55,12 @@ class UsageAdminController(Controller):
                 f"comma-separated, got `{group_by}`.",
                 param="group_by",
             )
-        return await _reports(runtime).report(start, end, groups, user, model)
+        return await reports.report(start, end, groups, user, model)
 
     @get("/records")
     async def usage_records(
         self,
-        runtime: Runtime,
+        reports: UsageReports,
         since: str,
         until: str | None = None,
         format: str = "jsonl",  # the query parameter's name
@@ -74,7 +72,7 @@ class UsageAdminController(Controller):
             raise InvalidRequest(
                 f"Invalid 'format': expected jsonl or csv, got `{format}`.", param="format"
             )
-        records = _reports(runtime).records(start, end)
+        records = reports.records(start, end)
         # The first page is read before the answer starts: Redis failing is still a 503.
         first = await anext(records, None)
 
@@ -90,34 +88,6 @@ class UsageAdminController(Controller):
 
         media = "text/csv" if format == "csv" else "application/x-ndjson"
         return Stream(lines(), media_type=media)
-
-
-class CallerUsageController(Controller):
-    """/v1/usage: a caller's own usage; the app adds the guard that authenticates it."""
-
-    path = "/v1/usage"
-
-    @get("")
-    async def caller_usage(
-        self, runtime: Runtime, request: Request[Any, Any, Any]
-    ) -> dict[str, Any]:
-        """The caller's usage today and this month, and what remains of each of its limits."""
-        identity: Identity = request.state.identity
-        body: dict[str, Any] = {
-            "object": "usage",
-            "user": identity.user,
-            "key_id": identity.key_id,
-            "tier": identity.tier or runtime.settings.limits.default_tier,
-        }
-        body.update(await _reports(runtime).caller(identity.user))
-        body["limits"] = await runtime.limiter.peek(identity) if runtime.limiter else []
-        return body
-
-
-def _reports(runtime: Runtime) -> UsageReports:
-    if runtime.store is None:
-        raise ServiceUnavailable("The gateway is starting up.")
-    return UsageReports(runtime.store, runtime.redis_keys)
 
 
 def _day(text: str, param: str) -> dt.date:

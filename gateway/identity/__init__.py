@@ -3,7 +3,15 @@ from, and the admin credential."""
 
 from __future__ import annotations
 
+from .admin_key import admin_guard
 from .authenticator import Authenticator, Identity
 from .keys import KeyHasher, KeyRecord, KeyStore
 
-__all__ = ["Authenticator", "Identity", "KeyHasher", "KeyRecord", "KeyStore"]
+__all__ = [
+    "Authenticator",
+    "Identity",
+    "KeyHasher",
+    "KeyRecord",
+    "KeyStore",
+    "admin_guard",
+]

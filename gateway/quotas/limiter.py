@@ -26,23 +26,11 @@ from ..metrics import Metrics
 from ..outcome import estimate_input_tokens
 from ..settings import LimitsSettings, QuotaLimits, TierSettings
 from ..state import RedisKeys, RedisStore, RedisUnavailable, ScriptBatcher
+from .limits import from_override, script_args, to_override
+from .replies import SLOT, Admitted, Rejected, admit_reply, peek_reply
 
-_UNLIMITED = -1
 _SETTLE_RETRY_PAUSES = (0.5, 2.0, 5.0)
 """Seconds between the attempts to write a settlement while Redis is unreachable."""
-_SLOT = 4
-_LIMIT_NAMES = {
-    "requests": "requests per minute (RPM)",
-    "tokens": "tokens per minute (TPM)",
-    "tokens_per_day": "tokens per day (TPD)",
-    "concurrency": "concurrent requests",
-}
-_LIMIT_SETTINGS = {  # the names the configuration gives them
-    "requests": "requests_per_minute",
-    "tokens": "tokens_per_minute",
-    "tokens_per_day": "tokens_per_day",
-    "concurrency": "concurrent_requests",
-}
 
 
 class QuotaScope:
@@ -57,14 +45,8 @@ class QuotaScope:
         self.is_user = name == "user"
 
     def argv(self) -> list[int]:
-        lim = self.limits
-        return [
-            _arg(lim.requests_per_minute),
-            _arg(lim.tokens_per_minute),
-            _arg(lim.tokens_per_day),
-            _arg(lim.concurrent_requests),
-            1 if self.is_user else 0,
-        ]
+        """Its arguments to the Lua scripts: its limits, and whether it is the user's own."""
+        return [*script_args(self.limits), 1 if self.is_user else 0]
 
 
 class Admission:
@@ -78,15 +60,12 @@ class Admission:
         user: str,
         scopes: list[QuotaScope],
         reserved: int,
-        result: list[Any] | None = None,
+        admitted: Admitted | None = None,
     ) -> None:
-        """`result`: admit.lua's answer; None when it is unknown (the call timed out)."""
+        """`admitted`: admit.lua's answer; None when it is unknown (the call timed out)."""
         self.member, self.user, self.scopes, self.reserved = member, user, scopes, reserved
-        count = len(scopes)
-        self.masks = [int(v) for v in result[3 : 3 + 2 * count : 2]] if result else []
-        self.headers = (
-            _headers(*(int(v) for v in result[2 + 2 * count : 8 + 2 * count])) if result else []
-        )
+        self.masks = admitted.masks if admitted else []
+        self.headers = _headers(*admitted.window) if admitted else []
         self.settled = False
 
 
@@ -169,16 +148,11 @@ class Limiter:
         figures: list[Any] = await self._store.call(
             lambda r: self._peek(keys=keys, args=argv, client=r), "peek"
         )
-        out = []
-        for i, scope in enumerate(scopes):
-            row = [int(v) for v in figures[8 * i : 8 * i + 8]]
-            shown: dict[str, Any] = {}
-            for j, name in enumerate(_LIMIT_SETTINGS.values()):
-                limit, used = row[2 * j], row[2 * j + 1]
-                if limit >= 0:
-                    shown[name] = {"limit": limit, "used": used, "remaining": max(limit - used, 0)}
-            out.append({"scope": scope.name, "limits": shown})
-        return out
+        rows = peek_reply(figures, len(scopes))
+        return [
+            {"scope": scope.name, "limits": shown}
+            for scope, shown in zip(scopes, rows, strict=True)
+        ]
 
     async def admit(self, identity: Identity, model: str, estimate: int) -> Admission | None:
         """Reserve a place for one request, or raise 429; None when admitted by policy."""
@@ -192,8 +166,9 @@ class Limiter:
 
         def orphaned(result: list[Any]) -> None:
             """Admitted after its caller left (cancelled): give the reservation back."""
-            if int(result[0]) == 1:
-                self.settle(Admission(member, identity.user, scopes, estimate, result), 0)
+            reply = admit_reply(result, len(scopes))
+            if isinstance(reply, Admitted):
+                self.settle(Admission(member, identity.user, scopes, estimate, reply), 0)
 
         pending = self._batch.run(self._admit, keys, argv, orphaned)
         try:
@@ -210,10 +185,11 @@ class Limiter:
                 self.settle(Admission(member, identity.user, scopes, estimate), 0)
             self.apply_policy(identity)
             return None
-        if int(result[0]) == 0:
-            raise _rejection(scopes[int(result[1]) - 1], result)
-        admission = Admission(member, identity.user, scopes, estimate, result)
-        if any(mask & _SLOT for mask in admission.masks):
+        reply = admit_reply(result, len(scopes))
+        if isinstance(reply, Rejected):
+            raise _rejection(scopes[reply.scope], reply)
+        admission = Admission(member, identity.user, scopes, estimate, reply)
+        if any(mask & SLOT for mask in admission.masks):
             self._holding[member] = admission
         return admission
 
@@ -269,7 +245,7 @@ class Limiter:
                 conc = [
                     s.keys[4]
                     for s, mask in zip(admission.scopes, admission.masks, strict=True)
-                    if mask & _SLOT
+                    if mask & SLOT
                 ]
                 if conc:
                     args = [admission.member, self._lease_ms, ""]
@@ -277,6 +253,30 @@ class Limiter:
             # Sent together, each to the node of its user. A failure is logged by the store;
             # leases are long enough to survive a blip.
             await asyncio.gather(*renewals, return_exceptions=True)
+
+    async def overrides(self, user: str) -> QuotaLimits:
+        """The admin's overrides of `user`'s limits (those of its tier where none is set)."""
+        name = self._keys.user_override(user)
+        fields: Any = await self._store.call(lambda r: r.hgetall(name), "limits")
+        return from_override(fields)  # bytes to bytes: the client decodes no replies
+
+    async def set_overrides(self, user: str, limits: QuotaLimits) -> None:
+        """Replace `user`'s overrides; every replica applies them from its next request."""
+        name, mapping = self._keys.user_override(user), to_override(limits)
+
+        async def write(r: Any) -> None:
+            pipe = r.pipeline(transaction=True)
+            pipe.delete(name)
+            if mapping:
+                pipe.hset(name, mapping=mapping)
+            await pipe.execute()
+
+        await self._store.call(write, "limits")
+
+    async def clear_overrides(self, user: str) -> None:
+        """`user`'s tier decides its limits again."""
+        name = self._keys.user_override(user)
+        await self._store.call(lambda r: r.delete(name), "limits")
 
     def apply_policy(self, identity: Identity) -> None:
         """Redis cannot be asked: forward without a quota (fail_open) or answer 503."""
@@ -298,24 +298,23 @@ def estimate_tokens(body: bytes, max_output_tokens: int | None, default_output: 
     return estimate_input_tokens(len(body)) + (max_output_tokens or default_output)
 
 
-def _rejection(scope: QuotaScope, result: list[Any]) -> RateLimited:
-    limit = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
-    retry_ms = max(int(result[3]), 1)
-    value = int(result[4])
+def _rejection(scope: QuotaScope, rejected: Rejected) -> RateLimited:
+    limit, retry_ms, value = rejected.limit, rejected.retry_ms, rejected.value
     seconds = math.ceil(retry_ms / 1000)
     headers = {"retry-after": str(seconds), "retry-after-ms": str(retry_ms)}
-    if limit in ("requests", "tokens"):
-        headers[f"x-ratelimit-limit-{limit}"] = str(value)
-        headers[f"x-ratelimit-remaining-{limit}"] = "0"
-        headers[f"x-ratelimit-reset-{limit}"] = duration(retry_ms)
-    daily = limit == "tokens_per_day"
+    kind = limit.script  # OpenAI's headers and error types name two limits so
+    if kind in ("requests", "tokens"):
+        headers[f"x-ratelimit-limit-{kind}"] = str(value)
+        headers[f"x-ratelimit-remaining-{kind}"] = "0"
+        headers[f"x-ratelimit-reset-{kind}"] = duration(retry_ms)
+    daily = limit.setting == "tokens_per_day"
     return RateLimited(
-        f"Rate limit reached for {scope.description} on {_LIMIT_NAMES[limit]}: limit {value}. "
+        f"Rate limit reached for {scope.description} on {limit.description}: limit {value}. "
         f"Please try again in {duration(retry_ms)}.",
-        type_="insufficient_quota" if daily else ("tokens" if limit == "tokens" else "requests"),
+        type_="insufficient_quota" if daily else ("tokens" if kind == "tokens" else "requests"),
         code="insufficient_quota" if daily else "rate_limit_exceeded",
         headers=headers,
-        limit=_LIMIT_SETTINGS[limit],
+        limit=limit.setting,
         scope=scope.name.split(":", 1)[0],  # user, key or model: not which one
     )
 
@@ -347,7 +346,3 @@ def duration(ms: int) -> str:
         return f"{ms / 1000:.3g}s"
     minutes, rest = divmod(ms // 1000, 60)
     return f"{minutes}m{rest}s"
-
-
-def _arg(value: int | None) -> int:
-    return _UNLIMITED if value is None else value

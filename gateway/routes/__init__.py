@@ -5,5 +5,14 @@ from __future__ import annotations
 
 from .health import healthz, metrics, readyz
 from .models import ModelList, ModelsController, model_list
+from .usage import CallerUsageController
 
-__all__ = ["ModelList", "ModelsController", "healthz", "metrics", "model_list", "readyz"]
+__all__ = [
+    "CallerUsageController",
+    "ModelList",
+    "ModelsController",
+    "healthz",
+    "metrics",
+    "model_list",
+    "readyz",
+]

@@ -1,0 +1,70 @@
+"""The replies of the limiter's Lua scripts, decoded in this one place (their layouts are
+documented at the top of each script; `tests/quotas/test_replies.py` holds the offsets).
+
+``lua/admit.lua`` answers, for `n` scopes::
+
+    admitted: {1, day, need_1, mask_1, ..., need_n, mask_n,
+               lim_req, rem_req, reset_req_ms, lim_tok, rem_tok, reset_tok_ms}
+    rejected: {0, scope index (from 1), limit name, retry_after_ms, limit}
+
+``lua/peek.lua`` answers 8 figures per scope: each limit (in `limits.LIMITS` order) and what
+is used of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from .limits import LIMITS, UNLIMITED, Limit
+
+TOKENS_PER_MINUTE, TOKENS_PER_DAY, SLOT = 1, 2, 4
+"""The bits of a scope's mask: what an admission holds in it, for ``lua/settle.lua``."""
+
+
+class Admitted(NamedTuple):
+    masks: list[int]
+    """Per scope, what the admission holds there (`SLOT`...)."""
+    window: tuple[int, ...]
+    """Requests and tokens per minute of the tightest scope: limit, remaining, reset in ms
+    (`UNLIMITED` where none applies): the ``x-ratelimit-*`` headers."""
+
+
+class Rejected(NamedTuple):
+    scope: int
+    """The index of the scope whose limit was reached (from 0)."""
+    limit: Limit
+    retry_ms: int
+    value: int
+    """The limit's value."""
+
+
+def admit_reply(reply: Sequence[Any], scopes: int) -> Admitted | Rejected:
+    """Decode admit.lua's reply for a call with `scopes` scopes."""
+    if int(reply[0]) == 0:
+        name = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+        return Rejected(int(reply[1]) - 1, _by_script[name], max(int(reply[3]), 1), int(reply[4]))
+    masks = [int(v) for v in reply[3 : 3 + 2 * scopes : 2]]
+    window = tuple(int(v) for v in reply[2 + 2 * scopes : 8 + 2 * scopes])
+    return Admitted(masks, window)
+
+
+def peek_reply(reply: Sequence[Any], scopes: int) -> list[dict[str, dict[str, int]]]:
+    """Decode peek.lua's reply: per scope, each limit that applies with what is used of it."""
+    out = []
+    for i in range(scopes):
+        row = [int(v) for v in reply[8 * i : 8 * i + 8]]
+        shown = {}
+        for j, limit in enumerate(LIMITS):
+            value, used = row[2 * j], row[2 * j + 1]
+            if value != UNLIMITED:
+                shown[limit.setting] = {
+                    "limit": value,
+                    "used": used,
+                    "remaining": max(value - used, 0),
+                }
+        out.append(shown)
+    return out
+
+
+_by_script = {limit.script: limit for limit in LIMITS}

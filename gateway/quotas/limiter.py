@@ -16,18 +16,25 @@ policy decides: ``fail_closed`` answers 503, ``fail_open`` forwards without a qu
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 from typing import Any
 
-from ..errors import RateLimited, ServiceUnavailable
+from ..errors import ServiceUnavailable
 from ..identity import Identity
 from ..metrics import Metrics
 from ..outcome import estimate_input_tokens
 from ..settings import LimitsSettings, QuotaLimits, TierSettings
 from ..state import RedisKeys, RedisStore, RedisUnavailable, ScriptBatcher
 from .limits import from_override, script_args, to_override
-from .replies import SLOT, Admitted, Rejected, admit_reply, peek_reply
+from .replies import (
+    SLOT,
+    Admitted,
+    Rejected,
+    admit_reply,
+    peek_reply,
+    rejection,
+    window_headers,
+)
 
 _SETTLE_RETRY_PAUSES = (0.5, 2.0, 5.0)
 """Seconds between the attempts to write a settlement while Redis is unreachable."""
@@ -65,7 +72,7 @@ class Admission:
         """`admitted`: admit.lua's answer; None when it is unknown (the call timed out)."""
         self.member, self.user, self.scopes, self.reserved = member, user, scopes, reserved
         self.masks = admitted.masks if admitted else []
-        self.headers = _headers(*admitted.window) if admitted else []
+        self.headers = window_headers(*admitted.window) if admitted else []
         self.settled = False
 
 
@@ -187,7 +194,8 @@ class Limiter:
             return None
         reply = admit_reply(result, len(scopes))
         if isinstance(reply, Rejected):
-            raise _rejection(scopes[reply.scope], reply)
+            scope = scopes[reply.scope]
+            raise rejection(reply, scope.description, scope.name.split(":", 1)[0])
         admission = Admission(member, identity.user, scopes, estimate, reply)
         if any(mask & SLOT for mask in admission.masks):
             self._holding[member] = admission
@@ -296,53 +304,3 @@ class Limiter:
 def estimate_tokens(body: bytes, max_output_tokens: int | None, default_output: int) -> int:
     """A generous estimate of a request's tokens: its input, plus its output."""
     return estimate_input_tokens(len(body)) + (max_output_tokens or default_output)
-
-
-def _rejection(scope: QuotaScope, rejected: Rejected) -> RateLimited:
-    limit, retry_ms, value = rejected.limit, rejected.retry_ms, rejected.value
-    seconds = math.ceil(retry_ms / 1000)
-    headers = {"retry-after": str(seconds), "retry-after-ms": str(retry_ms)}
-    kind = limit.script  # OpenAI's headers and error types name two limits so
-    if kind in ("requests", "tokens"):
-        headers[f"x-ratelimit-limit-{kind}"] = str(value)
-        headers[f"x-ratelimit-remaining-{kind}"] = "0"
-        headers[f"x-ratelimit-reset-{kind}"] = duration(retry_ms)
-    daily = limit.setting == "tokens_per_day"
-    return RateLimited(
-        f"Rate limit reached for {scope.description} on {limit.description}: limit {value}. "
-        f"Please try again in {duration(retry_ms)}.",
-        type_="insufficient_quota" if daily else ("tokens" if kind == "tokens" else "requests"),
-        code="insufficient_quota" if daily else "rate_limit_exceeded",
-        headers=headers,
-        limit=limit.setting,
-        scope=scope.name.split(":", 1)[0],  # user, key or model: not which one
-    )
-
-
-def _headers(
-    lim_req: int, rem_req: int, reset_req: int, lim_tok: int, rem_tok: int, reset_tok: int
-) -> list[tuple[bytes, bytes]]:
-    out: list[tuple[bytes, bytes]] = []
-    if lim_req >= 0:
-        out += [
-            (b"x-ratelimit-limit-requests", str(lim_req).encode()),
-            (b"x-ratelimit-remaining-requests", str(max(rem_req, 0)).encode()),
-            (b"x-ratelimit-reset-requests", duration(reset_req).encode()),
-        ]
-    if lim_tok >= 0:
-        out += [
-            (b"x-ratelimit-limit-tokens", str(lim_tok).encode()),
-            (b"x-ratelimit-remaining-tokens", str(max(rem_tok, 0)).encode()),
-            (b"x-ratelimit-reset-tokens", duration(reset_tok).encode()),
-        ]
-    return out
-
-
-def duration(ms: int) -> str:
-    """A wait in OpenAI's header format: ``20ms``, ``1.5s``, ``6m0s``."""
-    if ms < 1000:
-        return f"{max(ms, 0)}ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.3g}s"
-    minutes, rest = divmod(ms // 1000, 60)
-    return f"{minutes}m{rest}s"

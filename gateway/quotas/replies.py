@@ -8,14 +8,17 @@ documented at the top of each script; `tests/quotas/test_replies.py` holds the o
     rejected: {0, scope index (from 1), limit name, retry_after_ms, limit}
 
 ``lua/peek.lua`` answers 8 figures per scope: each limit (in `limits.LIMITS` order) and what
-is used of it.
+is used of it. What a client is told of them is here too: the 429 of a rejection, the
+``x-ratelimit-*`` headers of an admission.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from ..errors import RateLimited
 from .limits import LIMITS, UNLIMITED, Limit
 
 TOKENS_PER_MINUTE, TOKENS_PER_DAY, SLOT = 1, 2, 4
@@ -65,6 +68,60 @@ def peek_reply(reply: Sequence[Any], scopes: int) -> list[dict[str, dict[str, in
                 }
         out.append(shown)
     return out
+
+
+def rejection(rejected: Rejected, description: str, kind: str) -> RateLimited:
+    """The 429 of a rejection: `description` names the scope (``user alice``...), `kind` its
+    kind (``user``, ``key`` or ``model``: never which one)."""
+    limit, retry_ms, value = rejected.limit, rejected.retry_ms, rejected.value
+    seconds = math.ceil(retry_ms / 1000)
+    headers = {"retry-after": str(seconds), "retry-after-ms": str(retry_ms)}
+    kind = limit.script  # OpenAI's headers and error types name two limits so
+    if kind in ("requests", "tokens"):
+        headers[f"x-ratelimit-limit-{kind}"] = str(value)
+        headers[f"x-ratelimit-remaining-{kind}"] = "0"
+        headers[f"x-ratelimit-reset-{kind}"] = duration(retry_ms)
+    daily = limit.setting == "tokens_per_day"
+    return RateLimited(
+        f"Rate limit reached for {description} on {limit.description}: limit {value}. "
+        f"Please try again in {duration(retry_ms)}.",
+        type_="insufficient_quota" if daily else ("tokens" if kind == "tokens" else "requests"),
+        code="insufficient_quota" if daily else "rate_limit_exceeded",
+        headers=headers,
+        limit=limit.setting,
+        scope=kind,
+    )
+
+
+def window_headers(
+    lim_req: int, rem_req: int, reset_req: int, lim_tok: int, rem_tok: int, reset_tok: int
+) -> list[tuple[bytes, bytes]]:
+    """The ``x-ratelimit-*`` headers of an admission (`Admitted.window`), as OpenAI sends
+    them."""
+    out: list[tuple[bytes, bytes]] = []
+    if lim_req >= 0:
+        out += [
+            (b"x-ratelimit-limit-requests", str(lim_req).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(rem_req, 0)).encode()),
+            (b"x-ratelimit-reset-requests", duration(reset_req).encode()),
+        ]
+    if lim_tok >= 0:
+        out += [
+            (b"x-ratelimit-limit-tokens", str(lim_tok).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(rem_tok, 0)).encode()),
+            (b"x-ratelimit-reset-tokens", duration(reset_tok).encode()),
+        ]
+    return out
+
+
+def duration(ms: int) -> str:
+    """A wait in OpenAI's header format: ``20ms``, ``1.5s``, ``6m0s``."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.3g}s"
+    minutes, rest = divmod(ms // 1000, 60)
+    return f"{minutes}m{rest}s"
 
 
 _by_script = {limit.script: limit for limit in LIMITS}

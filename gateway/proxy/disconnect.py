@@ -22,8 +22,9 @@ async def while_connected(ex: Exchange, receive: Receive, work: Coroutine[Any, A
     try:
         await work
     except asyncio.CancelledError:
-        if not ex.client_disconnected:
+        if not watch.saw_departure:
             raise
+        ex.client_disconnected = True
         task.uncancel()
     finally:
         watch.stop()
@@ -39,11 +40,14 @@ class DisconnectWatch:
 
     WATCH_AFTER = 0.05
 
-    __slots__ = ("_ex", "_receive", "_task", "_timer", "_watcher")
+    __slots__ = ("_ex", "_receive", "_task", "_timer", "_watcher", "saw_departure")
 
     def __init__(self, receive: Receive, task: asyncio.Task[Any], ex: Exchange) -> None:
         self._receive, self._task, self._ex = receive, task, ex
         self._watcher: asyncio.Task[None] | None = None
+        self.saw_departure = False
+        """The client left before its answer was complete: the request's task was cancelled
+        for it. (Only the request's own task writes into its `Exchange`.)"""
         self._timer = task.get_loop().call_later(self.WATCH_AFTER, self._start)
 
     def _start(self) -> None:
@@ -54,7 +58,7 @@ class DisconnectWatch:
             pass
         # uvicorn also reports a disconnect once the response is complete: no departure.
         if not self._ex.response_complete:
-            self._ex.client_disconnected = True
+            self.saw_departure = True
             self._task.cancel()
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ with the status the API uses for that case::
     ├── NotFound                  404  invalid_request_error
     │   └── ModelNotFound         404  model_not_found
     ├── MethodNotAllowed          405
-    ├── RequestTimeout            408  a request head or body too slow (gateway/front_door.py)
+    ├── RequestTimeout            408  a request head or body too slow (gateway/server/)
     ├── PayloadTooLarge           413
     ├── UnsupportedMediaType      415  Content-Type, or a Content-Encoding not decoded here
     ├── RequestHeaderFieldsTooLarge 431  a request head too large or with too many lines

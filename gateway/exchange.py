@@ -1,4 +1,5 @@
-"""What the gateway knows about one request while it runs (its record, `record.py`, is what
+"""What the gateway knows about one request while it runs (its record, `gateway/ledger/record.py`,
+is what
 the canonical log line and the usage ledger keep of it)."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Exchange:
     first save (its saves carry it) or at the request's end, when the ledger keeps a record."""
     body_size: int = 0
     checkpointed: bool = False
-    """A running stream's progress was saved (see ledger.py)."""
+    """A running stream's progress was saved (see `gateway/ledger/`)."""
     method: str = "POST"
     path: str = "/v1/responses"
     model: str | None = None

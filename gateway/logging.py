@@ -24,8 +24,8 @@ _LEVELS = {
 
 
 def _encode(event: dict[str, Any], **_: Any) -> bytes:
-    """The event as one JSON object; `_json`, fields encoded already as a JSON object (a
-    request's record, `record.py`), is spliced in after the event's own fields, unchanged."""
+    """The event as one JSON object; `_json`, fields encoded already as a JSON object (a request's
+    record, `gateway/ledger/record.py`), is spliced in after the event's own fields, unchanged."""
     encoded: bytes | None = event.pop("_json", None)
     if encoded is None:
         return msgspec.json.encode(event)

@@ -4,7 +4,7 @@ Decoded output is capped: a decoder never holds more than `limit` decoded bytes 
 the cap, two of zstd's blocks, 256 KiB), so a small body that decodes to gigabytes (a "bomb")
 is a 413 once past the cap, not an allocation. zstd's window, the history it keeps, is capped
 too. What the gateway parses and forwards is the decoded body; the `content-encoding` header is
-not forwarded (gateway/headers.py).
+not forwarded (`gateway/headers.py`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The canonical line of every request the hot path does not serve, and its request id.
 
-POST /v1/responses writes its own line (`proxy.finish`). Every other request (the models, usage
-and admin routes, probes, unknown paths, wrong methods, CORS preflights) is logged here, as the
-same record (`record.py`) with what is known of it: request id, status, latency, method and
-path, the error's `code` and `param`, and the caller when one authenticated. Its answer gets
-an `x-request-id` when it has none (the client's when it is a sane token, as on the hot path).
+POST /v1/responses writes its own line (`gateway/proxy/account.py`). Every other request (the
+models, usage and admin routes, probes, unknown paths, wrong methods, CORS preflights) is logged
+here, as the same record (`gateway/ledger/record.py`) with what is known of it: request id, status,
+latency, method and path, the error's `code` and `param`, and the caller when one authenticated. Its
+answer gets an `x-request-id` when it has none (the client's when it is a sane token, as on the hot
+path).
 
 Probes that succeed (`quiet_paths`: /healthz, /readyz, /metrics, asked every few seconds) are
 logged at debug level, so they stay out of an info-level log; a failing probe is logged at info.

@@ -220,12 +220,12 @@ class ScriptBatcher:
                     self._log.exception("redis_orphan_failed", operation=self._what)
 
     async def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        """Send the calls, each node's on one pooled connection written in one go, and read
-        every reply (a script error is returned in its place). Packed here rather than by
-        redis-py's pipeline, which costs ~0.5 µs per argument, and which would resend a whole
-        pipeline after a connection error: a call must run at most once per send (see
-        limits.py). A call a Cluster node refused with MOVED (its slot moved) did not run: it
-        is sent again, once, to the node the answer names."""
+        """Send the calls, each node's on one pooled connection written in one go, and read every
+        reply (a script error is returned in its place). Packed here rather than by redis-py's
+        pipeline, which costs ~0.5 µs per argument, and which would resend a whole pipeline after a
+        connection error: a call must run at most once per send (see `gateway/quotas/limiter.py`). A
+        call a Cluster node refused with MOVED (its slot moved) did not run: it is sent again, once,
+        to the node the answer names."""
 
         async def send(r: Client) -> list[Any]:
             results = await _send(r, batch)

@@ -1,7 +1,7 @@
 """Connecting to Redis as configured: one server, the primary that Sentinels name, or a Cluster.
 
 `connect` builds the redis-py client; `pool_of` and `connection` give the hand-packed script
-calls (`script_batch.py`) a connection to the node that holds a key: the client's own pool,
+calls (`batch.py`) a connection to the node that holds a key: the client's own pool,
 or in a Cluster the pool of the node serving the key's slot.
 """
 

@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench clean lock redis-server promtool
+.PHONY: run test test-fast lint bench clean lock redis-server promtool
 
 # The virtualenv holds exactly uv.lock (dev tools included; the project itself editable),
 # installed by uv, pinned here (the Dockerfile pins the same) and bootstrapped with the venv's
@@ -72,6 +72,11 @@ lint: $(STAMP)
 ## test: lint, then the whole test suite
 test: lint redis-server promtool
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+## test-fast: the tests that start no process (no gateway, upstream, redis-server or CLI), in
+## seconds; no lint
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not processes" $(PYTEST_ARGS)
 
 ## bench: the gateway against a direct call to the same upstream, side by side (installs wrk as root)
 bench: $(STAMP)

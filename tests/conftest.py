@@ -1,9 +1,15 @@
-"""Shared fixtures: real upstream and gateway processes on free loopback ports."""
+"""Shared fixtures: real upstream and gateway processes on free loopback ports; and the
+`processes` marker, which `make test-fast` leaves out, kept on every test that starts one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import os
+import platform
+import shlex
+import subprocess
+from collections.abc import Callable, Generator, Iterator
+from contextlib import ExitStack
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -19,6 +25,73 @@ from tests.support.gateway import (
 from tests.support.procs import ServerProcess, free_port, python_module
 from tests.support.redis_server import RedisServer
 from tests.support.scripted_upstream import STEERING_HEADERS as SCRIPTED_STEERING
+
+PROCESS_FIXTURES = (
+    "scripted_upstream",
+    "mock_upstream",
+    "redis_server",
+    "gateway_factory",
+    "gateway",
+    "mock_gateway",
+)
+"""The fixtures here that start a process: a test that needs one, directly or through another
+fixture, is marked `processes` (and left out of `make test-fast`). A module that starts
+processes itself says so with `pytestmark = pytest.mark.processes`; an unmarked test that
+starts one anyway fails, naming the marker (`_refuse_processes`)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `processes` every test whose fixture closure holds a process-starting fixture."""
+    for item in items:
+        if any(name in PROCESS_FIXTURES for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.processes)
+
+
+# The openai SDK sends the platform in its headers, and platform asks `uname -p` for it once
+# per interpreter: asked here, that is no test's process.
+platform.processor()
+
+
+def _refuse_processes(item: pytest.Item) -> ExitStack:
+    """While entered, starting a process fails the unmarked `item`, naming the marker it lacks:
+    a forgotten `processes` shows at once, not as a `make test-fast` that is no longer fast."""
+    stack = ExitStack()
+    if item.get_closest_marker("processes") is not None:
+        return stack
+
+    def refuse(what: str) -> Callable[..., NoReturn]:
+        def refused(*args: Any, **kwargs: Any) -> NoReturn:
+            pytest.fail(
+                f"{item.nodeid} starts a process ({what}) but is not marked `processes`: add "
+                "`pytestmark = pytest.mark.processes` to its module, or have it use a fixture "
+                "of PROCESS_FIXTURES in tests/conftest.py",
+                pytrace=False,
+            )
+
+        return refused
+
+    def popen(popen: subprocess.Popen[Any], argv: Any, *args: Any, **kwargs: Any) -> NoReturn:
+        refuse(f"`{argv if isinstance(argv, str) else shlex.join(map(str, argv))}`")()
+
+    patch = stack.enter_context(pytest.MonkeyPatch.context())
+    patch.setattr(subprocess.Popen, "_execute_child", popen)  # subprocess.*, asyncio's too
+    for name in ("fork", "system", "posix_spawn", "posix_spawnp"):
+        patch.setattr(os, name, refuse(f"os.{name}"), raising=False)
+    return stack
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """Fixtures an unmarked test sets up start no process (teardown may stop some: not guarded)."""
+    with _refuse_processes(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """An unmarked test itself starts no process."""
+    with _refuse_processes(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

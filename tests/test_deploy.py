@@ -29,6 +29,8 @@ from gateway.metrics import Metrics
 from gateway.settings import Settings, load_settings
 from tests.support.redis_server import GATEWAY_ACL
 
+pytestmark = pytest.mark.processes  # kubectl, promtool, hadolint
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 TARGETS = ("base", "overlays/dev", "overlays/prod")
@@ -225,6 +227,7 @@ EXPECTED_KINDS = {
 
 
 def test_renders_the_expected_objects(target: str) -> None:
+    """Each target renders its kinds, none twice, all labelled; an overlay's in its namespace."""
     objects = _render(target)
     assert {o["kind"] for o in objects} == EXPECTED_KINDS[target]
     names = [(o["kind"], o["metadata"]["name"]) for o in objects]
@@ -247,6 +250,7 @@ def test_renders_the_expected_objects(target: str) -> None:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_matches_the_kubernetes_schema(target: str, version: str) -> None:
+    """Every object but the CRDs validates strictly on the oldest and the newest Kubernetes."""
     checked = 0
     for o in _render(target):
         if o["kind"] in CRDS.get(o["apiVersion"], set()):
@@ -374,6 +378,7 @@ def test_prometheus_rule_alerts_fire_when_they_should(tmp_path: Path) -> None:
 
 
 def test_every_pod_is_locked_down(target: str) -> None:
+    """Every container runs non-root under seccomp, read-only, without capabilities, with limits."""
     specs = list(_pod_specs(_render(target)))
     assert specs
     for where, spec in specs:
@@ -409,6 +414,7 @@ def test_every_pod_is_locked_down(target: str) -> None:
 
 
 def test_gateway_pod_runs_as_the_image_user_with_a_writable_tmp(target: str) -> None:
+    """The gateway runs as the image's uid, no token mounted, $TMPDIR and metrics on an emptyDir."""
     objects = _render(target)
     deployment, container = _gateway(objects)
     spec = deployment["spec"]["template"]["spec"]
@@ -428,6 +434,7 @@ def test_gateway_pod_runs_as_the_image_user_with_a_writable_tmp(target: str) -> 
 
 
 def test_probes_and_graceful_shutdown(target: str) -> None:
+    """Probes hit /healthz and /readyz; preStop, drain and ledger flush fit in the grace period."""
     objects = _render(target)
     deployment, container = _gateway(objects)
     config = _raw_config(objects)
@@ -456,6 +463,7 @@ def test_probes_and_graceful_shutdown(target: str) -> None:
 
 
 def test_cpu_request_is_one_core_per_worker(target: str) -> None:
+    """The gateway requests one CPU per configured worker and memory for that many workers."""
     objects = _render(target)
     _, container = _gateway(objects)
     workers = _raw_config(objects)["server"]["workers"]
@@ -467,6 +475,7 @@ def test_cpu_request_is_one_core_per_worker(target: str) -> None:
 
 
 def test_pods_spread_over_zones_and_hosts(target: str) -> None:
+    """Gateway pods spread evenly (maxSkew 1) over zones and over hosts."""
     deployment, _ = _gateway(_render(target))
     spec = deployment["spec"]["template"]["spec"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -479,6 +488,7 @@ def test_pods_spread_over_zones_and_hosts(target: str) -> None:
 
 
 def test_service_and_selectors_reach_the_gateway_pods(target: str) -> None:
+    """The Deployment, Service and PodDisruptionBudget all select the gateway's pods."""
     objects = _render(target)
     deployment, _ = _gateway(objects)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -494,6 +504,7 @@ def test_service_and_selectors_reach_the_gateway_pods(target: str) -> None:
 
 
 def test_autoscaler_owns_the_replica_count(target: str) -> None:
+    """Outside dev an HPA on CPU owns the replica count and the Deployment sets none."""
     objects = _render(target)
     deployment, _ = _gateway(objects)
     autoscalers = _find(objects, "HorizontalPodAutoscaler")
@@ -519,6 +530,7 @@ def test_autoscaler_owns_the_replica_count(target: str) -> None:
 
 
 def test_network_policy(target: str) -> None:
+    """The gateway takes traffic on 8080 only and reaches out only to DNS, Redis and HTTPS."""
     objects = _render(target)
     policy = _one(objects, "NetworkPolicy", GATEWAY)
     deployment, _ = _gateway(objects)
@@ -537,6 +549,7 @@ def test_network_policy(target: str) -> None:
 
 
 def test_the_gateway_loads_its_configuration(target: str, tmp_path: Path) -> None:
+    """Each target's gateway.yaml loads with the pod's env and files, as the overlay intends."""
     objects = _render(target)
     settings = _load_mounted(objects, tmp_path)
     raw = _raw_config(objects)
@@ -612,6 +625,7 @@ def _differences(base: Any, other: Any, where: str = "") -> set[str]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_configuration_is_base_but_for_its_changes(overlay: str) -> None:
+    """An overlay's gateway.yaml differs from base's only in the settings it may change."""
     base = _raw_config(_render("base"))
     changed = _differences(base, _raw_config(_render(overlay)))
     allowed = ALLOWED_CHANGES[overlay]
@@ -623,6 +637,7 @@ def test_overlay_configuration_is_base_but_for_its_changes(overlay: str) -> None
 
 
 def test_secret_is_an_example_with_placeholders() -> None:
+    """The example Secret holds only placeholders, and prod never applies it."""
     example = _example_secret()
     values = example["stringData"]
     assert set(values) == {
@@ -642,6 +657,7 @@ def test_secret_is_an_example_with_placeholders() -> None:
 
 
 def test_dev_runs_its_own_redis_on_a_volume() -> None:
+    """dev runs one persistent redis-server on a PVC, reachable from gateway pods only."""
     objects = _render("overlays/dev")
     redis = _one(objects, "StatefulSet", "redis")
     assert redis["spec"]["replicas"] == 1
@@ -673,6 +689,7 @@ def test_dev_runs_its_own_redis_on_a_volume() -> None:
 
 
 def test_prod_mounts_the_redis_ca_where_the_configuration_reads_it() -> None:
+    """prod mounts the redis-tls Secret read-only at the CA path its configuration reads."""
     objects = _render("overlays/prod")
     deployment, container = _gateway(objects)
     ca_file = _raw_config(objects)["redis"]["tls"]["ca_file"]
@@ -717,6 +734,7 @@ def _dockerfile() -> list[Instruction]:
 
 
 def test_hadolint_passes() -> None:
+    """hadolint finds nothing to say about the Dockerfile."""
     result = subprocess.run(  # noqa: S603  # the dev extras' hadolint, fixed arguments
         [_tool("hadolint"), "Dockerfile"],
         cwd=ROOT,
@@ -746,6 +764,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_the_image_is_built_from_files_in_the_context() -> None:
+    """The Dockerfile COPYs files that exist and that .dockerignore lets in; the rest stays out."""
     patterns = [
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -788,6 +807,7 @@ def _make_uv_version() -> str:
 
 
 def test_the_final_image_runs_the_gateway_as_non_root() -> None:
+    """The final stage is the locked venv alone, run as uid 10001 the way the Deployment runs it."""
     steps = _dockerfile()
     stages = max(s.stage for s in steps) + 1
     assert stages == 2, "a builder and a final stage"
@@ -838,6 +858,7 @@ def test_the_final_image_runs_the_gateway_as_non_root() -> None:
 
 
 def test_readme_says_how_to_deploy() -> None:
+    """README's Kubernetes section gives the apply commands and the gateway's Redis ACL."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Deploying on Kubernetes", 1)
     assert len(section) == 2, "README has a section `Deploying on Kubernetes`"

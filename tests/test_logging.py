@@ -8,6 +8,7 @@ from gateway.logging import _encode
 
 
 def test_a_records_json_is_spliced_after_the_events_own_fields() -> None:
+    """A record's JSON follows the event's own fields in one object, without re-encoding."""
     event = {"event": "request", "level": "info", "timestamp": "t", "_json": b'{"a":1,"b":"x"}'}
     assert _encode(event) == b'{"event":"request","level":"info","timestamp":"t","a":1,"b":"x"}'
 
@@ -23,4 +24,5 @@ def test_a_bound_field_and_a_records_field_of_one_name_give_one_key() -> None:
 
 
 def test_other_events_are_encoded_as_they_are() -> None:
+    """An event without a record is plain JSON of its fields."""
     assert _encode({"event": "x", "n": None}) == b'{"event":"x","n":null}'

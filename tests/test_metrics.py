@@ -25,6 +25,8 @@ from tests.support.metrics import Samples, samples, scrape, summed, value
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import GATEWAY_ACL, RedisServer
 
+pytestmark = pytest.mark.processes  # redis-servers of its own
+
 
 def _config(redis_url: str, mock: str, metrics_dir: Path, policy: str) -> dict[str, Any]:
     config = mock_config(redis_url, mock, policy, cooldown=0.3)
@@ -84,6 +86,7 @@ def two_workers(
 def test_metrics_count_every_workers_traffic(
     two_workers: tuple[ServerProcess, Path], secrets_seen: list[str], tmp_path: Path
 ) -> None:
+    """Any worker's scrape counts both workers' requests, tokens, refusals and errors exactly."""
     gateway, metrics_dir = two_workers
     _, key = create_key(gateway.url, secrets_seen, user=f"metrics-{uuid.uuid4().hex[:8]}")
     _, tight = create_key(
@@ -150,6 +153,7 @@ def test_metrics_count_every_workers_traffic(
 def test_streams_in_flight_while_they_run(
     two_workers: tuple[ServerProcess, Path], secrets_seen: list[str]
 ) -> None:
+    """`gateway_streams_in_flight` counts open streams across workers, back to 0 after."""
     gateway, _ = two_workers
     _, key = create_key(gateway.url, secrets_seen, user=f"inflight-{uuid.uuid4().hex[:8]}")
     slow = {"x-mock-reply": quote(" ".join(["word"] * 60)), "x-mock-tokens-per-second": "40"}

@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.procs import ServerProcess, free_port, python_module
 
+pytestmark = pytest.mark.processes  # `gateway serve` without a config
+
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:

@@ -26,6 +26,8 @@ from tests.support.gateway import ADMIN_KEY, GatewayFactory, request_line
 from tests.support.procs import ServerProcess, python_module
 from tests.support.redis_server import RedisServer
 
+pytestmark = pytest.mark.processes  # the `gateway keys` CLI
+
 BOOT_KEY = "sk-boot-Lm2secret-configured-by-hash"
 OK = {"model": "scripted", "input": "hi"}
 
@@ -69,6 +71,7 @@ def _error(response: httpx.Response, status: int, code: str | None) -> dict[str,
 def test_missing_credentials_are_401(
     replicas: list[ServerProcess], authorization: str | None
 ) -> None:
+    """No or malformed Authorization is a 401 invalid_api_key that names the header."""
     headers = {} if authorization is None else {"authorization": authorization}
     response = httpx.post(f"{replicas[0].url}/v1/responses", json=OK, headers=headers)
     error = _error(response, 401, "invalid_api_key")
@@ -101,6 +104,7 @@ def test_every_bad_key_gets_the_same_answer(
 def test_credentials_in_the_query_string_are_refused(
     replicas: list[ServerProcess], secrets_seen: list[str]
 ) -> None:
+    """A key in the query string, under any name, is a 400 that does not echo the key."""
     _, key = create_key(replicas[0].url, secrets_seen, user="query")
     for query in ({"api_key": key}, {"key": key}, {"x": key}):
         response = _post(replicas[0].url, key, params=query)
@@ -109,6 +113,7 @@ def test_credentials_in_the_query_string_are_refused(
 
 
 def test_configured_key_by_hash_and_its_models(replicas: list[ServerProcess]) -> None:
+    """A key configured by its SHA-256 works for its models only and logs under its id."""
     url = replicas[0].url
     answer = _post(url, BOOT_KEY)
     assert answer.status_code == 200, answer.text
@@ -122,6 +127,7 @@ def test_configured_key_by_hash_and_its_models(replicas: list[ServerProcess]) ->
 def test_issued_key_limited_to_models(
     replicas: list[ServerProcess], secrets_seen: list[str]
 ) -> None:
+    """A key issued for some models gets 403 for others, 404 for a model nobody serves."""
     url = replicas[0].url
     _, key = create_key(url, secrets_seen, user="models", models=["other"])
     assert _post(url, key, {"model": "other", "input": "hi"}).status_code == 200
@@ -133,6 +139,7 @@ def test_issued_key_limited_to_models(
 def test_admin_api_needs_its_credential(
     replicas: list[ServerProcess], secrets_seen: list[str]
 ) -> None:
+    """The admin API refuses no key, a wrong and a client key; the admin key is no client key."""
     url = replicas[0].url
     _, client_key = create_key(url, secrets_seen, user="not-admin")
     for headers in (
@@ -147,6 +154,7 @@ def test_admin_api_needs_its_credential(
 
 
 def test_admin_api_is_absent_without_admin_key(gateway: ServerProcess) -> None:
+    """Without an admin key configured, /admin/keys does not exist: 404."""
     response = httpx.get(f"{gateway.url}/admin/keys", headers={"authorization": "Bearer x"})
     _error(response, 404, "not_found")
 
@@ -154,6 +162,7 @@ def test_admin_api_is_absent_without_admin_key(gateway: ServerProcess) -> None:
 def test_key_lifecycle_through_the_admin_api(
     replicas: list[ServerProcess], redis_server: RedisServer, secrets_seen: list[str]
 ) -> None:
+    """Create, use, show, list, patch and revoke a key; Redis holds its digest, never the key."""
     url = replicas[0].url
     with admin_client(url) as admin:
         created = admin.post(
@@ -223,6 +232,7 @@ def _eventually_used(admin: httpx.Client, key_id: str) -> bool:
 def test_revocation_reaches_every_replica_within_a_second(
     replicas: list[ServerProcess], secrets_seen: list[str]
 ) -> None:
+    """A key revoked on one replica is refused by the other, which had it cached, within 1 s."""
     first, second = replicas
     key_id, key = create_key(first.url, secrets_seen, user="revoked-everywhere")
     with httpx.Client(timeout=5) as client:
@@ -259,6 +269,7 @@ def _cli(url: str, *args: str, stdin: str | None = None) -> subprocess.Completed
 def test_cli_creates_lists_and_revokes(
     replicas: list[ServerProcess], secrets_seen: list[str]
 ) -> None:
+    """`gateway keys` creates a working key, lists it without the secret, revokes it."""
     url = replicas[0].url
     created = _cli(url, "create", "--user", "cli-user", "--model", "scripted", "--rpm", "5")
     assert created.returncode == 0, created.stderr
@@ -284,11 +295,13 @@ def test_cli_creates_lists_and_revokes(
 
 
 def test_cli_hash_matches_the_configured_digest(replicas: list[ServerProcess]) -> None:
+    """`gateway keys hash` prints the SHA-256 digest that a configured key's `hash` takes."""
     hashed = _cli(replicas[0].url, "hash", stdin=BOOT_KEY + "\n")
     assert hashed.stdout.strip() == hashlib.sha256(BOOT_KEY.encode()).hexdigest()
 
 
 def test_cli_without_admin_key_says_so(replicas: list[ServerProcess]) -> None:
+    """`gateway keys` without GATEWAY_ADMIN_KEY exits 2, naming the variable."""
     done = subprocess.run(  # noqa: S603
         python_module("gateway", "keys", "list"),
         capture_output=True,
@@ -302,6 +315,7 @@ def test_cli_without_admin_key_says_so(replicas: list[ServerProcess]) -> None:
 
 
 def test_cli_sets_and_shows_a_users_limits(replicas: list[ServerProcess]) -> None:
+    """`gateway keys limits` sets a user's overrides and shows them, unset ones null."""
     url = replicas[0].url
     changed = _cli(url, "limits", "cli-limited", "--rpm", "9", "--concurrency", "2")
     assert changed.returncode == 0, changed.stderr
@@ -316,6 +330,7 @@ def test_cli_sets_and_shows_a_users_limits(replicas: list[ServerProcess]) -> Non
 def test_models_take_the_same_credentials(
     replicas: list[ServerProcess], secrets_seen: list[str]
 ) -> None:
+    """/v1/models needs a key as /v1/responses does, and refuses one in the query string."""
     url = replicas[0].url
     _, key = create_key(url, secrets_seen, user="lister")
     _error(httpx.get(f"{url}/v1/models"), 401, "invalid_api_key")
@@ -363,6 +378,7 @@ class _NoLog:
 def test_models_list_only_what_the_key_may_use(
     replicas: list[ServerProcess], secrets_seen: list[str]
 ) -> None:
+    """/v1/models lists only the key's own models; any other model is a 404 to it."""
     url = replicas[0].url
     _, key = create_key(url, secrets_seen, user="narrow-lister", models=["other"])
     headers = {"authorization": f"Bearer {key}"}

@@ -256,6 +256,7 @@ async def test_open_does_not_fetch(verifier: JwtVerifier, jwks: JwksServer) -> N
 async def test_valid_rs256_token_is_accepted_and_keys_are_cached(
     verifier: JwtVerifier, jwks: JwksServer, rsa_a: SigningKey
 ) -> None:
+    """An RS256 token gives its subject as user, and a second one is verified without a fetch."""
     token = rsa_a.token(claims(groups=["admins"]))
     assert await verifier.verify(token) == SsoIdentity(user="alice", tier=None)
     assert await verifier.verify(token) == SsoIdentity(user="alice", tier=None)
@@ -265,6 +266,7 @@ async def test_valid_rs256_token_is_accepted_and_keys_are_cached(
 async def test_valid_es256_token_is_accepted(
     verifier: JwtVerifier, ec_a: SigningKey, jwks: JwksServer
 ) -> None:
+    """An ES256 token on a P-256 key is accepted after one fetch of the key set."""
     identity = await verifier.verify(ec_a.token(claims(sub="bob")))
     assert identity == SsoIdentity(user="bob", tier=None)
     assert jwks.fetches == 1
@@ -273,6 +275,7 @@ async def test_valid_es256_token_is_accepted(
 async def test_audience_list_containing_ours_is_accepted(
     verifier: JwtVerifier, rsa_a: SigningKey
 ) -> None:
+    """An `aud` list passes when it holds our audience among others."""
     token = rsa_a.token(claims(aud=["other-app", AUDIENCE]))
     assert (await verifier.verify(token)).user == "alice"
 
@@ -317,6 +320,7 @@ async def test_tier_is_the_first_mapped_value_of_the_tier_claim(
 async def test_user_claim_is_configurable(
     jwks: JwksServer, clock: Clock, rsa_a: SigningKey
 ) -> None:
+    """`user_claim` names the claim the user comes from; a token without it is refused."""
     async with opened(sso(jwks.url, user_claim="email"), clock) as verifier:
         token = rsa_a.token(claims(email="alice@example.com"))
         assert (await verifier.verify(token)).user == "alice@example.com"
@@ -341,6 +345,7 @@ async def test_token_without_kid_uses_the_only_key(
 async def test_expiry_is_checked_with_leeway(
     verifier: JwtVerifier, clock: Clock, rsa_a: SigningKey
 ) -> None:
+    """A token is accepted up to the 30 s default leeway past `exp`, refused after it."""
     token = rsa_a.token(claims(exp=int(NOW)))
     clock.advance(29)
     assert (await verifier.verify(token)).user == "alice"
@@ -349,6 +354,7 @@ async def test_expiry_is_checked_with_leeway(
 
 
 async def test_expiry_without_leeway(jwks: JwksServer, clock: Clock, rsa_a: SigningKey) -> None:
+    """With `leeway: 0` a token is refused from the second of its `exp`."""
     async with opened(sso(jwks.url, leeway=0), clock) as verifier:
         assert (await verifier.verify(rsa_a.token(claims(exp=int(NOW) + 1)))).user == "alice"
         assert await rejection(verifier, rsa_a.token(claims(exp=int(NOW)))) == "expired"
@@ -366,6 +372,7 @@ async def test_expiry_without_leeway(jwks: JwksServer, clock: Clock, rsa_a: Sign
 async def test_not_yet_valid(
     verifier: JwtVerifier, rsa_a: SigningKey, changes: dict[str, Any], reason: str | None
 ) -> None:
+    """A future `nbf` or `iat` beyond the leeway is not_yet_valid; within it, accepted."""
     token = rsa_a.token(claims(**changes))
     if reason is None:
         assert (await verifier.verify(token)).user == "alice"
@@ -400,17 +407,20 @@ async def test_not_yet_valid(
 async def test_claims_are_checked(
     verifier: JwtVerifier, rsa_a: SigningKey, changes: dict[str, Any], reason: str
 ) -> None:
+    """A wrong or missing iss, aud, exp or user claim, or an ill-typed time, names its reason."""
     assert await rejection(verifier, rsa_a.token(claims(**changes))) == reason
 
 
 async def test_signature_by_another_key_with_the_same_kid_is_refused(
     verifier: JwtVerifier, rsa_a: SigningKey
 ) -> None:
+    """A token signed by a different key that claims a published kid is bad_signature."""
     impostor = _rsa(rsa_a.kid)
     assert await rejection(verifier, impostor.token()) == "bad_signature"
 
 
 async def test_altered_payload_is_refused(verifier: JwtVerifier, rsa_a: SigningKey) -> None:
+    """A payload swapped under a genuine header and signature is bad_signature."""
     header, _, signature = rsa_a.token().split(".")
     altered = f"{header}.{_segment(claims(sub='mallory'))}.{signature}"
     assert await rejection(verifier, altered) == "bad_signature"
@@ -419,6 +429,7 @@ async def test_altered_payload_is_refused(verifier: JwtVerifier, rsa_a: SigningK
 async def test_alg_none_is_refused_before_any_lookup(
     verifier: JwtVerifier, jwks: JwksServer, rsa_a: SigningKey
 ) -> None:
+    """An unsigned `alg: none` token is refused without fetching the key set."""
     token = jwt.encode(claims(), "", algorithm="none", headers={"kid": rsa_a.kid})
     assert looks_like_jwt(token)
     assert await rejection(verifier, token) == "algorithm_not_allowed"
@@ -441,6 +452,7 @@ async def test_hs256_with_the_public_key_as_secret_is_refused(
 async def test_algorithm_outside_the_settings_is_refused_before_any_lookup(
     jwks: JwksServer, clock: Clock, rsa_a: SigningKey, ec_a: SigningKey
 ) -> None:
+    """A token whose alg the settings do not allow is refused before any fetch."""
     async with opened(sso(jwks.url, algorithms=["ES256"]), clock) as verifier:
         assert await rejection(verifier, rsa_a.token()) == "algorithm_not_allowed"
         assert jwks.fetches == 0
@@ -483,6 +495,7 @@ async def test_a_key_declaring_alg_verifies_only_that_algorithm(
 
 
 async def test_weak_rsa_key_is_refused(jwks: JwksServer, verifier: JwtVerifier) -> None:
+    """A token signed by a published 1024-bit RSA key is refused as weak_key."""
     weak = _rsa("weak", bits=1024)
     jwks.keys = [weak.jwk()]
     with pytest.warns(InsecureKeyLengthWarning):
@@ -524,6 +537,7 @@ async def test_weak_rsa_key_is_refused(jwks: JwksServer, verifier: JwtVerifier) 
 async def test_malformed_tokens_are_refused_without_a_fetch(
     verifier: JwtVerifier, jwks: JwksServer, token: str
 ) -> None:
+    """Anything not shaped like a JWT is `malformed` and costs no fetch of the key set."""
     assert await rejection(verifier, token) == "malformed"
     assert jwks.fetches == 0
 
@@ -534,6 +548,7 @@ async def test_malformed_tokens_are_refused_without_a_fetch(
 async def test_unknown_kid_refetches_once_and_accepts_the_rotated_key(
     verifier: JwtVerifier, jwks: JwksServer, clock: Clock, rsa_a: SigningKey, rsa_b: SigningKey
 ) -> None:
+    """An unknown kid fetches the set again once, accepting a rotated key; the old one is gone."""
     assert (await verifier.verify(rsa_a.token())).user == "alice"
     jwks.keys = [rsa_b.jwk()]
     clock.advance(MIN_REFETCH_SECONDS + 1)
@@ -547,6 +562,7 @@ async def test_unknown_kid_refetches_once_and_accepts_the_rotated_key(
 async def test_unknown_kid_flood_fetches_at_most_once_per_interval(
     verifier: JwtVerifier, jwks: JwksServer, clock: Clock, rsa_a: SigningKey, rsa_b: SigningKey
 ) -> None:
+    """A flood of unknown kids fetches the key set at most once per MIN_REFETCH_SECONDS."""
     assert (await verifier.verify(rsa_a.token())).user == "alice"
     clock.advance(MIN_REFETCH_SECONDS + 1)
     jwks.delay = 0.1
@@ -567,6 +583,7 @@ async def test_unknown_kid_flood_fetches_at_most_once_per_interval(
 async def test_concurrent_first_use_shares_one_fetch(
     verifier: JwtVerifier, jwks: JwksServer, rsa_a: SigningKey, ec_a: SigningKey
 ) -> None:
+    """Twenty tokens verified at once before any keys are known share a single fetch."""
     jwks.delay = 0.2
     tokens = [key.token(claims(sub=f"user-{i}")) for i in range(10) for key in (rsa_a, ec_a)]
     identities = await asyncio.gather(*(verifier.verify(token) for token in tokens))
@@ -579,6 +596,7 @@ async def test_concurrent_first_use_shares_one_fetch(
 async def test_a_caller_giving_up_does_not_cancel_the_shared_fetch(
     verifier: JwtVerifier, jwks: JwksServer, rsa_a: SigningKey
 ) -> None:
+    """A verification cancelled mid-fetch leaves the fetch running for the other callers."""
     jwks.delay = 0.2
     impatient = asyncio.create_task(verifier.verify(rsa_a.token()))
     await asyncio.sleep(0.05)
@@ -591,6 +609,7 @@ async def test_a_caller_giving_up_does_not_cancel_the_shared_fetch(
 async def test_keys_are_fetched_again_when_the_cache_expires(
     jwks: JwksServer, clock: Clock, rsa_a: SigningKey
 ) -> None:
+    """The key set is fetched again only once `jwks_cache_seconds` have passed."""
     async with opened(sso(jwks.url, jwks_cache_seconds=60), clock) as verifier:
         token = rsa_a.token(claims(exp=int(NOW) + 3600))
         await verifier.verify(token)
@@ -605,6 +624,7 @@ async def test_keys_are_fetched_again_when_the_cache_expires(
 async def test_unusable_keys_in_the_set_are_skipped(
     verifier: JwtVerifier, jwks: JwksServer, rsa_a: SigningKey, rsa_b: SigningKey
 ) -> None:
+    """Keys that are odd, broken, private, HMAC or for encryption are skipped; the rest verify."""
     assert isinstance(rsa_b.private, rsa.RSAPrivateKey)
     private = RSAAlgorithm.to_jwk(rsa_b.private, as_dict=True)
     jwks.keys = [
@@ -655,6 +675,7 @@ async def test_unusable_jwks_at_first_use_then_recovery(
     rsa_a: SigningKey,
     answer: tuple[int, bytes | None],
 ) -> None:
+    """An unusable first answer refuses tokens with one fetch; a good answer later recovers."""
     jwks.status, jwks.raw = answer
     token = rsa_a.token(claims(exp=int(NOW) + 3600))
     assert await rejection(verifier, token) == "jwks_unavailable"
@@ -679,6 +700,7 @@ async def test_oversized_jwks_is_refused(
 async def test_jwks_down_after_a_fetch_keeps_the_cached_keys(
     verifier: JwtVerifier, jwks: JwksServer, clock: Clock, rsa_a: SigningKey, rsa_b: SigningKey
 ) -> None:
+    """With the provider down after a fetch, expired cached keys still verify, logged once."""
     token = rsa_a.token(claims(exp=int(NOW) + 3600))
     assert (await verifier.verify(token)).user == "alice"
     await jwks.stop()
@@ -693,6 +715,7 @@ async def test_jwks_down_after_a_fetch_keeps_the_cached_keys(
 async def test_an_unusable_answer_after_a_fetch_keeps_the_cached_keys(
     verifier: JwtVerifier, jwks: JwksServer, clock: Clock, rsa_a: SigningKey
 ) -> None:
+    """An empty key set on a refresh does not replace the keys already cached."""
     token = rsa_a.token(claims(exp=int(NOW) + 3600))
     await verifier.verify(token)
     jwks.raw = b'{"keys": []}'
@@ -704,6 +727,7 @@ async def test_an_unusable_answer_after_a_fetch_keeps_the_cached_keys(
 async def test_verify_before_open_is_a_programming_error(
     jwks: JwksServer, clock: Clock, rsa_a: SigningKey
 ) -> None:
+    """Verifying with a verifier never opened raises RuntimeError instead of refusing."""
     verifier = JwtVerifier(sso(jwks.url), now=clock)
     with pytest.raises(RuntimeError, match="open"):
         await verifier.verify(rsa_a.token())
@@ -714,6 +738,7 @@ async def test_verify_before_open_is_a_programming_error(
 
 
 def test_looks_like_jwt_accepts_real_tokens(rsa_a: SigningKey, ec_a: SigningKey) -> None:
+    """Real RS256 and ES256 tokens look like JWTs."""
     assert looks_like_jwt(rsa_a.token())
     assert looks_like_jwt(ec_a.token())
 
@@ -735,9 +760,11 @@ def test_looks_like_jwt_accepts_real_tokens(rsa_a: SigningKey, ec_a: SigningKey)
     ],
 )
 def test_looks_like_jwt_refuses_other_values(value: str) -> None:
+    """Gateway keys and near-JWT shapes (bad header, empty or odd segments) do not."""
     assert not looks_like_jwt(value)
 
 
 @given(st.text())
 def test_gateway_api_keys_never_look_like_a_jwt(suffix: str) -> None:
+    """Nothing that starts with `sk-`, as every gateway key does, looks like a JWT."""
     assert not looks_like_jwt("sk-" + suffix)

@@ -19,6 +19,8 @@ from tests.support.gateway import GatewayFactory, log_lines, request_line
 from tests.support.procs import ServerProcess, free_port, python_module
 from tests.support.redis_server import RedisServer
 
+pytestmark = pytest.mark.processes  # a JWKS server process
+
 ISSUER = "https://sso.example.test"
 AUDIENCE = "llm-gateway"
 OK = {"model": "scripted", "input": "hi"}
@@ -102,6 +104,7 @@ def _post(gateway: ServerProcess, token: str) -> httpx.Response:
 def test_rs256_and_es256_tokens_are_accepted(
     sso_gateway: ServerProcess, signing_keys: dict[str, Any], secrets_seen: list[str]
 ) -> None:
+    """RS256 and ES256 tokens are served, each user at its group's tier, logged as key sso."""
     rs = _post(sso_gateway, _token(signing_keys["rsa"], "r1", "RS256", secrets_seen))
     assert rs.status_code == 200, rs.text
     assert rs.headers["x-ratelimit-limit-requests"] == "5"  # the default tier
@@ -138,6 +141,7 @@ def test_each_bad_token_is_refused_alike(
     case: str,
     reason: str,
 ) -> None:
+    """Every bad token gets the 401 of a bad API key; only the log says the reason."""
     now = int(time.time())
     rsa_key = signing_keys["rsa"]
     tokens = {

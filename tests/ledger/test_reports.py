@@ -26,6 +26,8 @@ from tests.support.ledger import append_batch, ledger_lines
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
 
+pytestmark = pytest.mark.processes  # the `gateway usage` CLI
+
 TOKENS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
 
 
@@ -118,6 +120,7 @@ def _report(url: str, **params: str) -> httpx.Response:
 def test_admin_report_by_model_and_by_user(
     reporting: ServerProcess, traffic: dict[str, Any]
 ) -> None:
+    """`/admin/usage` sums each measure by model, by user and by day as the answers reported."""
     alice, bob, sent = traffic["alice"], traffic["bob"], traffic["sent"]
     by_model = _report(reporting.url, user=alice, group_by="model")
     assert by_model.status_code == 200, by_model.text
@@ -149,6 +152,7 @@ def test_admin_report_by_model_and_by_user(
 def test_admin_report_refuses_bad_parameters(
     reporting: ServerProcess, params: dict[str, str], param: str
 ) -> None:
+    """A bad group_by or date range is a 400 naming the parameter, in the OpenAI error shape."""
     response = _report(reporting.url, **params)
     assert response.status_code == 400
     error = response.json()["error"]
@@ -158,6 +162,7 @@ def test_admin_report_refuses_bad_parameters(
 
 
 def test_admin_usage_needs_the_admin_key(reporting: ServerProcess, traffic: dict[str, Any]) -> None:
+    """The usage report and records need the admin key: none or a client key is a 401."""
     for headers in ({}, {"authorization": f"Bearer {traffic['alice_key']}"}):
         for path in ("/admin/usage", "/admin/usage/records?since=0"):
             response = httpx.get(reporting.url + path, headers=headers)
@@ -168,6 +173,7 @@ def test_admin_usage_needs_the_admin_key(reporting: ServerProcess, traffic: dict
 def test_a_caller_sees_its_own_usage_and_what_remains(
     reporting: ServerProcess, traffic: dict[str, Any]
 ) -> None:
+    """`/v1/usage` gives a caller its sums today and this month and what remains of each limit."""
     alice, sent = traffic["alice"], traffic["sent"]
     response = httpx.get(
         f"{reporting.url}/v1/usage", headers={"authorization": f"Bearer {traffic['alice_key']}"}
@@ -193,6 +199,7 @@ def test_a_caller_sees_its_own_usage_and_what_remains(
 
 
 def test_v1_usage_needs_a_valid_key(reporting: ServerProcess) -> None:
+    """`/v1/usage` without a key or with an unknown one is a 401."""
     for headers in ({}, {"authorization": "Bearer sk-gw-nope_nope"}):
         response = httpx.get(f"{reporting.url}/v1/usage", headers=headers)
         assert response.status_code == 401
@@ -213,6 +220,7 @@ def _export(url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
 def test_export_round_trips_in_jsonl_and_csv(
     reporting: ServerProcess, redis_server: RedisServer, traffic: dict[str, Any]
 ) -> None:
+    """`gateway usage export` gives the stored records in JSONL and CSV, summing to the report."""
     users = {traffic["alice"], traffic["bob"]}
     since, until = str(traffic["started"] - 1), str(traffic["ended"] + 1)
     stored = sorted(_records(redis_server.client(), users), key=lambda r: r.id)
@@ -237,6 +245,7 @@ def test_export_round_trips_in_jsonl_and_csv(
 
 
 def test_export_range_and_errors(reporting: ServerProcess, traffic: dict[str, Any]) -> None:
+    """The export keeps to its range; a bad --since exits 1 with the HTTP 400, no admin key 2."""
     before = _export(reporting.url, "--since", "2020-01-01", "--until", str(traffic["started"] - 1))
     assert before.returncode == 0
     users = {traffic["alice"], traffic["bob"]}

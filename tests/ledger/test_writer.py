@@ -36,6 +36,8 @@ from tests.support.procs import ROOT, ServerProcess, free_port
 from tests.support.redis_server import RedisServer
 from tests.support.streams import expected_usage, recorded_transcripts
 
+pytestmark = pytest.mark.processes  # redis-servers of its own, stopped mid-test
+
 MEASURES = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
 
 
@@ -66,6 +68,7 @@ def _post(url: str, key: str, body: dict[str, Any], **headers: str) -> httpx.Res
 def test_one_record_per_request_whatever_its_end(
     ledgered: ServerProcess, redis_server: RedisServer, secrets_seen: list[str]
 ) -> None:
+    """Every request leaves one record, however it ended, and that record is its log line."""
     user = f"ledger-{uuid.uuid4().hex[:8]}"
     _, key = create_key(ledgered.url, secrets_seen, user=user)
     usage: dict[str, dict[str, Any]] = {}
@@ -127,6 +130,7 @@ def test_one_record_per_request_whatever_its_end(
 def test_daily_sums_equal_the_records(
     ledgered: ServerProcess, redis_server: RedisServer, secrets_seen: list[str]
 ) -> None:
+    """A user's daily sums equal its records; month sums and the day's user set outlive 30 days."""
     user = f"sums-{uuid.uuid4().hex[:8]}"
     _, key = create_key(ledgered.url, secrets_seen, user=user)
     for text in ("one", "two words", "three words here"):

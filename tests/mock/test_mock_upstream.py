@@ -40,6 +40,8 @@ from openai.types.responses import (
 from gateway.mock import MockSettings, count_tokens, start_mock_server, tokenize
 from tests.support.procs import ServerProcess, free_port, python_module
 
+pytestmark = pytest.mark.processes  # gateway.mock in its own process
+
 MODEL = "mock-gpt"
 MULTIBYTE = "héllo wörld 😀 日本語"
 WEATHER_TOOL: FunctionToolParam = {

@@ -195,6 +195,7 @@ def test_exactly_the_limit_is_admitted_across_four_replicas(
 def test_token_burst_never_overbooks_and_settles_to_real_usage(
     limited: ServerProcess, redis_server: RedisServer, secrets_seen: list[str]
 ) -> None:
+    """Reservations never pass the token limit, settle to real usage; a misfit costs nothing."""
     user, key = _user(secrets_seen, limited.url, "tpm")
     counters = Counters(redis_server, user)
     body = {"model": "mock-gpt", "input": "count please", "max_output_tokens": 100}
@@ -233,6 +234,7 @@ def test_token_burst_never_overbooks_and_settles_to_real_usage(
 def test_refund_when_the_upstream_fails_before_its_first_byte(
     limited: ServerProcess, redis_server: RedisServer, secrets_seen: list[str]
 ) -> None:
+    """Requests failed before the upstream's first byte (502, 500) get their reservations back."""
     user, key = _user(secrets_seen, limited.url, "tpm")
     counters = Counters(redis_server, user)
     failed = _post(limited.url, key, {"model": "nowhere", "input": "hi"})
@@ -247,6 +249,7 @@ def test_refund_when_the_upstream_fails_before_its_first_byte(
 def test_a_disconnected_client_is_charged_what_was_streamed(
     limited: ServerProcess, redis_server: RedisServer, secrets_seen: list[str]
 ) -> None:
+    """A client leaving mid-stream is charged what was streamed, not its whole reservation."""
     user, key = _user(secrets_seen, limited.url, "tpm")
     counters = Counters(redis_server, user)
     body = {"model": "mock-gpt", "input": "go", "stream": True, "max_output_tokens": 300}
@@ -296,6 +299,7 @@ def test_slots_are_released_on_every_path(
     secrets_seen: list[str],
     transcript_file: str,
 ) -> None:
+    """Concurrency slots are freed however a request ends; a third beside two held is a 429."""
     user, key = _user(secrets_seen, limited.url, "conc2")
     counters = Counters(redis_server, user)
 
@@ -401,6 +405,7 @@ def test_a_dead_replicas_slots_expire(
 def test_every_answer_carries_the_ratelimit_headers(
     limited: ServerProcess, secrets_seen: list[str]
 ) -> None:
+    """Every answer carries the x-ratelimit headers; the refusal adds Retry-After and its ms."""
     _, key = _user(secrets_seen, limited.url, "rpm3", limits={"tokens_per_minute": 5000})
     names = [
         f"x-ratelimit-{what}-{kind}"
@@ -427,6 +432,7 @@ def test_every_answer_carries_the_ratelimit_headers(
 
 
 def test_daily_quota_is_insufficient_quota(limited: ServerProcess, secrets_seen: list[str]) -> None:
+    """The daily token limit spent is a 429 insufficient_quota, Retry-After within a day."""
     _, key = _user(secrets_seen, limited.url, "daily")
     body = {"model": "scripted", "input": "hi", "max_output_tokens": 100}
     assert _post(limited.url, key, body).status_code == 200  # reserves 50 (the cap), uses 8
@@ -441,6 +447,7 @@ def test_daily_quota_is_insufficient_quota(limited: ServerProcess, secrets_seen:
 def test_per_user_override_per_key_and_per_model_limits(
     limited: ServerProcess, redis_server: RedisServer, secrets_seen: list[str]
 ) -> None:
+    """A model's own limit, an admin override for a user and a key's own limit each apply."""
     user, key = _user(secrets_seen, limited.url, "modeled")
     for _ in range(2):
         assert _post(limited.url, key, {"model": "other", "input": "hi"}).status_code == 200

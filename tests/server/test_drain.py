@@ -101,6 +101,7 @@ def test_sigterm_lets_twenty_open_streams_finish_then_exits(
     mock_upstream: ServerProcess,
     secrets_seen: list[str],
 ) -> None:
+    """After SIGTERM 20 open streams finish whole and are recorded, new ones are refused, exit 0."""
     gateway = _gateway(gateway_factory, redis_server, mock_upstream, drain=30)
     user = f"drain-{uuid.uuid4().hex[:8]}"
     _, key = create_key(gateway.url, secrets_seen, user=user)
@@ -162,6 +163,7 @@ def test_a_stream_longer_than_the_grace_is_cut_and_recorded(
     mock_upstream: ServerProcess,
     secrets_seen: list[str],
 ) -> None:
+    """Streams outliving `drain_seconds` are cut visibly and recorded as interrupted, charged."""
     drain = 1.0
     gateway = _gateway(gateway_factory, redis_server, mock_upstream, drain=drain)
     user = f"cut-{uuid.uuid4().hex[:8]}"

@@ -15,6 +15,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.processes  # a child interpreter signals itself
+
 CHILD = textwrap.dedent(
     """
     import asyncio, os, signal, sys, threading
@@ -55,6 +59,7 @@ CHILD = textwrap.dedent(
 
 
 def test_sigterm_during_log_writes_never_hangs() -> None:
+    """30 SIGTERMs landing mid log write each reach the chained handler and log `draining`."""
     result = subprocess.run(  # noqa: S603
         [sys.executable, "-c", CHILD], capture_output=True, timeout=60, check=False
     )

@@ -203,6 +203,7 @@ def test_repository_config_loads() -> None:
     assert [m.name for m in settings.models] == ["gpt-4.1-mini", "gpt-4.1", "mock-gpt"]
 
 
+@pytest.mark.processes  # the only test here that starts one: `gateway serve`
 def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     """`gateway serve` with a bad file exits non-zero at once, naming file and field."""
     path = tmp_path / "bad.yaml"

@@ -34,6 +34,8 @@ from tests.support.metrics import scrape, value
 from tests.support.procs import ServerProcess, free_port, python_module
 from tests.support.redis_cluster import PASSWORD, USER, RedisClusterNodes
 
+pytestmark = pytest.mark.processes  # a Redis Cluster
+
 TIERS = {
     "default": {},
     "rpm50": {"requests_per_minute": 50},

@@ -21,6 +21,8 @@ from tests.support.gateway import GatewayFactory, eventually, log_lines
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
 
+pytestmark = pytest.mark.processes  # a redis-server it stops
+
 TIMEOUT = 0.25
 BODY = {"model": "scripted", "input": "hi"}
 
@@ -82,6 +84,7 @@ def _ready(gateway: ServerProcess) -> tuple[int, dict[str, Any]]:
 def test_frozen_redis_costs_at_most_the_timeout(
     closed: ServerProcess, opened: ServerProcess, redis: RedisServer, secrets_seen: list[str]
 ) -> None:
+    """Redis frozen 2 s: fail_closed is a 503, fail_open serves, each after about the timeout."""
     _, key = create_key(closed.url, secrets_seen, user="frozen")
     for gateway in (closed, opened):
         assert _timed_post(gateway.url, key)[0].status_code == 200
@@ -102,6 +105,7 @@ def test_frozen_redis_costs_at_most_the_timeout(
 def test_killed_redis_policy_breaker_readiness_and_recovery(
     closed: ServerProcess, opened: ServerProcess, redis: RedisServer, secrets_seen: list[str]
 ) -> None:
+    """Redis killed: each policy holds, the breaker spares Redis, /readyz says so, all recovers."""
     _, key = create_key(closed.url, secrets_seen, user="killed")
     for gateway in (closed, opened):  # healthy again after the previous test's freeze
 

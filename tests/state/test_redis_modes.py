@@ -24,6 +24,8 @@ from tests.support.metrics import scrape, value
 from tests.support.procs import ServerProcess, free_port, python_module
 from tests.support.redis_server import GATEWAY_ACL
 
+pytestmark = pytest.mark.processes  # TLS and Sentinel redis-servers
+
 USER, PASSWORD = "gateway", "modes-acl-pass-5d8a"
 REPLICATION_USER, REPLICATION_PASSWORD = "replication", "modes-repl-pass-c41e"
 """Replicas and the Sentinel log in as this user: they need what the gateway's user may not."""

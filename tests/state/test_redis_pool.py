@@ -18,6 +18,8 @@ from gateway.settings import RedisSettings
 from gateway.state.client import LeanPool, connect, connection
 from tests.support.redis_server import RedisServer
 
+pytestmark = pytest.mark.processes  # a redis-server per test
+
 PING = b"*1\r\n$4\r\nPING\r\n"
 
 

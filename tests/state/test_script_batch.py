@@ -14,6 +14,7 @@ SHA = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
 
 
 def test_packed_calls_are_what_redis_py_sends() -> None:
+    """`evalsha(pack(...))` gives the bytes of redis-py's own EVALSHA, for every kind of value."""
     keys = ["gw:{ledger}:stream", "gw:rl:{u:é}:user:req"]
     args: list[Any] = ["", 0, -1, 12345678901234, 0.5, 1e-7, b"\x00\r\n{json}", "tab\there"]
     expected = b"".join(Connection().pack_command("EVALSHA", SHA, len(keys), *keys, *args))
@@ -23,5 +24,6 @@ def test_packed_calls_are_what_redis_py_sends() -> None:
 
 @pytest.mark.parametrize("bad", [True, None, [1], {"a": 1}])
 def test_values_redis_cannot_take_are_refused(bad: Any) -> None:
+    """Booleans, None, lists and dicts are a TypeError, not some string Redis would store."""
     with pytest.raises(TypeError):
         pack(["k", bad])

@@ -13,6 +13,8 @@ import trustme
 from tests.support.gateway import GatewayFactory
 from tests.support.procs import ServerProcess, free_port, python_module
 
+pytestmark = pytest.mark.processes  # an HTTPS upstream process
+
 
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:

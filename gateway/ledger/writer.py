@@ -1,50 +1,37 @@
-"""The usage ledger: one record per request, written to Redis off the request path.
+"""The usage ledger's writer: one record per request, written to Redis off the request path.
 
 `Ledger.queue` only appends the finished request's record and its JSON (encoded once, for its
 log line too: see `record.py`) to an in-memory queue: it runs at the end of every request. A
 background task takes the queue every 10 ms, adds each record to its user's sums, and writes
-the records in batches (`lua/ledger_append.lua`): a batch is one stream entry (its field `r`:
-the records' JSON, one a line), written with its sums in one atomic step, exactly once (each
-batch is numbered in its writer's order and Redis skips numbers already applied). While Redis
-cannot take them, batches wait and are retried; the queue is bounded
+the records in batches (`lua/ledger_append.lua`, packed in `batch.py`): a batch is one stream
+entry (its field `r`: the records' JSON, one a line), written with its sums in one atomic step,
+exactly once (each batch is numbered in its writer's order and Redis skips numbers already
+applied). While Redis cannot take them, batches wait and are retried; the queue is bounded
 (`ledger.buffer_records`), and a record that must be dropped is logged. At shutdown the queue
 is written out before the process exits.
 
-A replica killed mid-stream cannot write anything: so a stream that runs longer than 3/4 of
-`ledger.checkpoint_seconds` has its usage so far saved in Redis, then at that interval
-(`lua/ledger_save.lua`), and every replica looks for saves older than `ledger.orphan_seconds`
-(`lua/ledger_orphans.lua`) whose writer gave no sign of life for as long: their replica died,
-and the last save becomes the record (``end: interrupted``, estimated usage). The stream's own
-record, when it ends, removes its save.
+Running streams' progress is saved too (`Ledger.follow`, `Ledger.save`), so that a replica
+killed mid-stream leaves its usage behind, and the records of replicas that died are adopted:
+the two background rounds that do it are `recovery.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
 import itertools
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
-
-import msgspec
 
 from ..metrics import Metrics
 from ..request_ids import RequestIds
 from ..settings import LedgerSettings
-from ..state import (
-    Packed,
-    RedisKeys,
-    RedisStore,
-    RedisUnavailable,
-    ScriptBatcher,
-    ScriptRefused,
-    pack,
-)
-from .record import UsageRecord, decode, encode, utc_day
+from ..state import RedisKeys, RedisStore, RedisUnavailable, ScriptBatcher, ScriptRefused
+from .batch import Batch, Packer
+from .record import UsageRecord, encode
+from .recovery import Following, Progress, adopt_orphans_forever, checkpoint_forever
 
 BATCH = 256
 """Records per call of `lua/ledger_append.lua` at most (a quarter of `ledger.buffer_records`
@@ -52,136 +39,6 @@ if less): Redis is then busy ~0.4 ms at most."""
 LINGER = 0.01
 """Seconds the writer waits after the first new record before it writes."""
 RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-class Batch:
-    """Records written in one call of `lua/ledger_append.lua`, whole or not at all: each
-    record's JSON, and the sums they add, summed here as records arrive (per user, day and
-    model: at a few thousand requests per second, packing each record's tokens for Redis cost
-    more than the rest of the ledger). A record whose progress was saved is kept apart: it
-    counts only if no other writer wrote it first, which only Redis can tell."""
-
-    __slots__ = ("lines", "number", "saved", "sums", "tried")
-
-    def __init__(self) -> None:
-        self.tried = False
-        """Sent at least once: Redis may hold it (a timeout says nothing), so it is never
-        dropped to make room."""
-        self.number = 0
-        """Its place in its writer's order, set when it is closed: Redis skips a number it
-        applied already, so a call retried after a timeout counts once."""
-        self.lines: list[bytes] = []
-        self.sums: dict[tuple[float, str, str | None], list[int]] = {}
-        """(day, user, model) -> [requests, input, cached, output, reasoning, total tokens]."""
-        self.saved: list[tuple[int, UsageRecord, tuple[float, str, str | None]]] = []
-        """(index in `lines`, record, its key in `sums`) of the records whose progress was
-        saved."""
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    def add(self, record: UsageRecord, line: bytes | None = None) -> None:
-        """Add `record` (`line`: its JSON, if encoded already), or raise leaving the batch as
-        it was (a record that cannot be encoded or summed: a bug)."""
-        if line is None:
-            line = encode(record)
-        key = (record.time // 86_400, record.user or "-", record.model)
-        tokens = _tokens(record)
-        sum(tokens)  # raises before any change if one is not a number
-        found = self.sums.get(key)
-        if found is None:
-            found = self.sums[key] = [0, 0, 0, 0, 0, 0]
-        if record.checkpointed:
-            self.saved.append((len(self.lines), record, key))
-        else:
-            found[0] += 1
-            found[1] += tokens[0]
-            found[2] += tokens[1]
-            found[3] += tokens[2]
-            found[4] += tokens[3]
-            found[5] += tokens[4]
-        self.lines.append(line)
-
-    def records(self) -> list[UsageRecord]:
-        """Its records, read back (to say which were dropped)."""
-        return [decode(line) for line in self.lines]
-
-
-class Packer:
-    """Packs a `Batch` for `lua/ledger_append.lua` (its header describes the layout). What
-    repeats from batch to batch (a user's keys and sum fields of a day) is packed once."""
-
-    _KEPT = 4096
-
-    def __init__(self, keys: RedisKeys, retention_days: float) -> None:
-        self._keys = keys
-        self._kept = int(retention_days * 86_400) + 86_400
-        self._head_keys = pack(keys.ledger())
-        self._route = keys.ledger_stream()
-        self._repeated: dict[tuple[float, str, str | None], tuple[bytes, bytes]] = {}
-
-    def call(self, head: list[Any], batch: Batch) -> Packed:
-        """A call's keys and arguments: `head` (`ledger_append.lua`'s ARGV[1..4]), then
-        `batch`."""
-        blob = b"\n".join(batch.lines)
-        fixed = (*head, batch.number, blob, len(batch.sums), len(batch.lines))
-        keys, args = [self._head_keys], [pack(fixed)]
-        groups = {}
-        for group, (key, sums) in enumerate(batch.sums.items(), 1):
-            groups[key] = group
-            group_keys, group_args = self._group(key)
-            keys.append(group_keys)
-            args += (group_args, pack(sums))
-        for index, record, key in batch.saved:
-            keys.append(pack((self._keys.ledger_seen(record.id),)))
-            args.append(pack((index + 1, record.id, groups[key], *_tokens(record))))
-        n_keys = 4 + 2 * len(batch.sums) + len(batch.saved)
-        n_args = 8 + 9 * len(batch.sums) + 8 * len(batch.saved)
-        return Packed(n_keys, n_keys + n_args, b"".join(keys) + b"".join(args), self._route)
-
-    def _group(self, key: tuple[float, str, str | None]) -> tuple[bytes, bytes]:
-        found = self._repeated.get(key)
-        if found is None:
-            if len(self._repeated) >= self._KEPT:
-                self._repeated.clear()
-            number, user, model = key
-            day = utc_day(int(number))
-            keys = pack((self._keys.ledger_users(day), self._keys.ledger_user_month(user, day[:7])))
-            found = keys, pack((user, f"{day}\t{model or '-'}\t", _month_end(day) + self._kept))
-            self._repeated[key] = found
-        return found
-
-
-def _tokens(record: UsageRecord) -> tuple[int, ...]:
-    return (
-        record.input_tokens,
-        record.cached_input_tokens,
-        record.output_tokens,
-        record.reasoning_tokens,
-        record.total_tokens,
-    )
-
-
-def _month_end(day: str) -> int:
-    """Unix time of the end of the month of `day` (``YYYY-MM-DD``)."""
-    year, month = int(day[:4]), int(day[5:7])
-    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
-
-
-Progress = Callable[[str], UsageRecord]
-"""A running stream's record so far, given the id it is to carry."""
-
-
-class Following:
-    """A running stream the ledger saves the progress of (`Ledger.follow`)."""
-
-    __slots__ = ("progress", "record_id")
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.record_id = ""
-        """Given at its first save; the stream's own record carries it then."""
 
 
 class Ledger:
@@ -235,8 +92,20 @@ class Ledger:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._write_forever()),
-            loop.create_task(self._adopt_orphans_forever()),
-            loop.create_task(self._checkpoint_forever()),
+            loop.create_task(
+                adopt_orphans_forever(
+                    self._batch,
+                    self._orphans_script,
+                    self._keys,
+                    self._settings,
+                    self._writer,
+                    self.queue,
+                    self._log,
+                )
+            ),
+            loop.create_task(
+                checkpoint_forever(self._following, self._settings, self._ids, self.save, self._log)
+            ),
         ]
 
     def new_id(self) -> str:
@@ -429,64 +298,6 @@ class Ledger:
             ),
             return_exceptions=True,
         )
-
-    async def _checkpoint_forever(self) -> None:
-        """Every quarter of `ledger.checkpoint_seconds`, take the progress of each stream that
-        is due, for the writer to save: a stream is first due 3/4 to 4/4 of the interval after
-        it started (it was first seen here within a quarter of its start), then every
-        interval. A stream gets its record id at its first save (its record must carry it)."""
-        every = self._settings.checkpoint_seconds
-        due: dict[int, tuple[Following, float]] = {}
-        while True:
-            await asyncio.sleep(every / 4)
-            now, following = time.monotonic(), self._following
-            for key, (stream, _) in list(due.items()):
-                if following.get(key) is not stream:
-                    del due[key]  # ended (its key may now be another stream's)
-            for key, stream in following.items():
-                seen = due.get(key)
-                if seen is None:
-                    due[key] = (stream, now + every * 0.75)
-                    continue
-                if seen[1] > now:
-                    continue
-                due[key] = (stream, now + every)
-                try:
-                    if not stream.record_id:
-                        stream.record_id = self._ids.new()
-                    self.save(stream.progress(stream.record_id))
-                except Exception:  # a bug here must not stop the others' checkpoints
-                    self._log.exception("ledger_checkpoint_failed")
-
-    async def _adopt_orphans_forever(self) -> None:
-        """Write the records of streams whose replica died (its saves stopped)."""
-        settings = self._settings
-        orphan_ms, dedupe_ms = int(settings.orphan_seconds * 1000), settings.dedupe_seconds * 1000
-        args = [orphan_ms, 100, self._writer, dedupe_ms]
-        keys = [
-            *self._keys.ledger_running(),
-            *self._keys.ledger_writers(),
-            self._keys.ledger_applied(),
-        ]
-        while True:
-            await asyncio.sleep(settings.orphan_seconds / 3)
-            try:
-                found = await self._batch.run(self._orphans_script, keys, args)
-            except RedisUnavailable:  # logged by the store; the next round tries again
-                continue
-            for i in range(0, len(found), 2):
-                try:
-                    record = decode(found[i + 1])
-                except msgspec.DecodeError:  # not a record this version can read: say so
-                    self._log.error("ledger_orphan_unreadable", id=found[i].decode())
-                    continue
-                self._log.warning(
-                    "ledger_orphan_recorded",
-                    request_id=record.request_id,
-                    user=record.user,
-                    output_tokens=record.output_tokens,
-                )
-                self.queue(record)
 
     def _drop(self, record: UsageRecord, **why: Any) -> None:
         self._dropped(record.request_id, record.user, total_tokens=record.total_tokens, **why)

@@ -12,7 +12,7 @@ uvicorn's httptools protocol, with the limits it lacks (httptools has none of it
   which the gateway is not reading the body (flow control) is not held against the client;
 - at most `max_connections` connections per worker process: a connection beyond is closed at
   once, before anything is read from it (a load balancer or the client tries elsewhere); the cap
-  is logged when reached and when left, not per connection;
+  is logged when reached and when left, not per connection (`refusals.py`);
 - an `Upgrade` other than WebSocket (`h2c`, sent by `curl --http2` and Java's HttpClient over
   http://) is ignored and the request served as HTTP/1.1 with its body: llhttp takes the bytes
   after such a head for the new protocol's, so the body is handed to a second parser;
@@ -21,9 +21,9 @@ uvicorn's httptools protocol, with the limits it lacks (httptools has none of it
 - a chunked body's trailer fields are dropped: uvicorn would add them to the request's
   headers (an `Expect`, an `openai-beta` the client's proxy never saw as a header).
 
-A rejection is answered in the OpenAI error shape with `Connection: close`; the connection is
-then half-closed and what the client still sends is read and dropped for `LINGER_SECONDS`, so
-that the client reads the answer rather than a reset.
+A rejection is answered in the OpenAI error shape with `Connection: close` (the answer is
+`refusals.py`'s); the connection is then half-closed and what the client still sends is read and
+dropped for `LINGER_SECONDS`, so that the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -34,20 +34,15 @@ from asyncio import TimerHandle
 from typing import Any
 
 import httptools
-import structlog
 import uvicorn
 from uvicorn._types import ASGISendEvent
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from ..errors import GatewayError, InvalidRequest, RequestHeaderFieldsTooLarge, RequestTimeout
-from ..request_ids import RequestIds
 from ..settings import ServerSettings
+from .refusals import FrontDoor
 
 LINGER_SECONDS = 2.0
 """After a rejection, how long what the client still sends is read and dropped."""
@@ -65,64 +60,6 @@ class ServerConfig(uvicorn.Config):
     def load(self) -> None:
         super().load()
         self.front_door = FrontDoor(self.limits)
-
-
-class FrontDoor:
-    """The limits, and what the connections of one worker process share: whether the
-    connection cap is reached, and the ids of the answers given here."""
-
-    def __init__(self, limits: ServerSettings) -> None:
-        self.limits = limits
-        self.log = structlog.get_logger("gateway")
-        self.ids = RequestIds()
-        self.at_cap = False
-        self._refused = 0
-        # Left once a tenth of the cap is free again: a load hovering at the cap logs once.
-        self._clear_at = limits.max_connections - max(1, limits.max_connections // 10)
-
-    def refuse(self, open_connections: int) -> bool:
-        """Whether a new connection, which makes `open_connections`, is one too many."""
-        if open_connections <= self.limits.max_connections:
-            return False
-        if not self.at_cap:
-            self.at_cap = True
-            self.log.warning(
-                "connection_limit_reached", max_connections=self.limits.max_connections
-            )
-        self._refused += 1
-        return True
-
-    def closed(self, open_connections: int) -> None:
-        """A connection closed while the cap was reached."""
-        if open_connections <= self._clear_at:
-            self.at_cap = False
-            self.log.info(
-                "connection_limit_cleared",
-                max_connections=self.limits.max_connections,
-                open_connections=open_connections,
-                refused=self._refused,
-            )
-            self._refused = 0
-
-    def rejected(
-        self, error: GatewayError, reason: str, default_headers: list[tuple[bytes, bytes]]
-    ) -> bytes:
-        """The answer to a request refused here (after uvicorn's `default_headers`), logged."""
-        request_id = self.ids.new()
-        self.log.info("request_rejected", reason=reason, status=error.status, request_id=request_id)
-        body = error.body()
-        lines = [STATUS_LINE[error.status]]
-        for name, value in default_headers:
-            lines += (name, b": ", value, b"\r\n")
-        lines += (
-            b"content-type: application/json\r\ncontent-length: ",
-            str(len(body)).encode(),
-            b"\r\nx-request-id: ",
-            request_id.encode(),
-            b"\r\nconnection: close\r\n\r\n",
-            body,
-        )
-        return b"".join(lines)
 
 
 class FrontDoorProtocol(HttpToolsProtocol):

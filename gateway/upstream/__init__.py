@@ -3,7 +3,8 @@ mapped once."""
 
 from __future__ import annotations
 
-from .http1 import Response, UpstreamError
+from .errors import UpstreamError
 from .pools import Upstreams, read_all
+from .response import Response
 
 __all__ = ["Response", "UpstreamError", "Upstreams", "read_all"]

@@ -12,7 +12,9 @@ from contextlib import contextmanager
 
 from ..errors import BadGateway, GatewayTimeout
 from ..settings import ProviderSettings
-from .http1 import Pool, Response, TooLarge, UpstreamError
+from .errors import TooLarge, UpstreamError
+from .http1 import Pool
+from .response import Response
 
 
 class Upstreams:

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.warnings import InsecureKeyLengthWarning
 
+from gateway.identity.jwks import MIN_REFETCH_SECONDS
 from gateway.identity.sso import (
-    MIN_REFETCH_SECONDS,
     JwtVerifier,
     SsoIdentity,
     SsoRejected,

@@ -6,8 +6,8 @@ from typing import Any
 
 import redis
 
+from gateway.ledger.batch import Batch, Packer
 from gateway.ledger.record import UsageRecord
-from gateway.ledger.writer import Batch, Packer
 from gateway.state import RedisKeys
 from gateway.state.batch import evalsha
 from tests.support.procs import ROOT

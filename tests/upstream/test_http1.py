@@ -11,14 +11,14 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.upstream.http1 import (
+from gateway.upstream.errors import (
     ConnectError,
     Disconnected,
-    Pool,
     ProtocolError,
     TooLarge,
     UpstreamTimeout,
 )
+from gateway.upstream.http1 import Pool
 from tests.support.procs import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -19,7 +19,10 @@ import h11
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.upstream.http1 import Pool, Response, UpstreamError, _Connection
+from gateway.upstream.connection import _Connection
+from gateway.upstream.errors import UpstreamError
+from gateway.upstream.http1 import Pool
+from gateway.upstream.response import Response
 
 REQUEST_BODY = b'{"model":"m","input":"hi"}'
 REQUEST = (

@@ -4,8 +4,8 @@
 
 One process (core 0, uvloop) sends non-streamed /v1/responses requests with 16 concurrent
 workers to the static mock upstream (core 1) with httpx's default transport, aiohttp and the
-gateway's own lean client (`gateway/http1.py`), in turn; the median requests/s of each is
-printed. The gateway uses the fastest on its hot path (`gateway/upstream.py`).
+gateway's own lean client (`gateway/upstream/`), in turn; the median requests/s of each is
+printed. The gateway uses the fastest on its hot path (`gateway/upstream/pools.py`).
 """
 
 from __future__ import annotations

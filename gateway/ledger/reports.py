@@ -213,7 +213,7 @@ def csv_line(record: UsageRecord) -> bytes:
         value = getattr(record, name)
         if value is None:
             values.append("")
-        elif name in _JSON_FIELDS:
+        elif name in JSON_FIELDS:
             values.append(msgspec.json.encode(value).decode())
         else:
             values.append(_defuse(value))
@@ -227,7 +227,7 @@ def _defuse(text: str) -> str:
     """`text` with a `'` before it when a spreadsheet would run it as a formula (it starts
     with = + - @, a tab or a carriage return: some text fields are the caller's own, such as
     the request's `user` or `x-request-id`), or when it starts with `'` itself, so that
-    `record_from_csv` can take exactly one off (OWASP's CSV injection advice)."""
+    a reader can take exactly one off (OWASP's CSV injection advice)."""
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
@@ -239,22 +239,9 @@ def _csv_row(values: Iterable[Any]) -> bytes:
     return out.getvalue().encode()
 
 
-def record_from_csv(row: dict[str, str]) -> UsageRecord:
-    """A row of the CSV export (as `csv.DictReader` reads it) back to its record."""
-    fields: dict[str, Any] = {}
-    for name in EXPORT_FIELDS:
-        text = row.get(name, "")
-        if text == "":
-            continue
-        if name in _JSON_FIELDS:
-            fields[name] = msgspec.json.decode(text)
-        else:  # undo `_defuse`
-            fields[name] = text[1:] if text.startswith("'") else text
-    return msgspec.convert(fields, UsageRecord)
-
-
-_JSON_FIELDS = frozenset(
+JSON_FIELDS = frozenset(
     name
     for name, kind in typing.get_type_hints(UsageRecord).items()
     if kind not in (str, str | None)
 )
+"""The export's columns written as JSON: numbers, booleans and `metadata`."""

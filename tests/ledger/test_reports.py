@@ -19,10 +19,10 @@ import pytest
 import redis
 
 from gateway.ledger.record import UsageRecord
-from gateway.ledger.reports import MEASURES, PAGE_ENTRIES, csv_header, csv_line, record_from_csv
+from gateway.ledger.reports import MEASURES, PAGE_ENTRIES, csv_header, csv_line
 from tests.support.admin import admin_client, create_key
 from tests.support.gateway import ADMIN_KEY, GatewayFactory, eventually
-from tests.support.ledger import append_batch, ledger_lines
+from tests.support.ledger import append_batch, ledger_lines, record_from_csv
 from tests.support.procs import ServerProcess
 from tests.support.redis_server import RedisServer
 

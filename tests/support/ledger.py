@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import redis
 
 from gateway.ledger.batch import Batch, Packer
 from gateway.ledger.record import UsageRecord
+from gateway.ledger.reports import EXPORT_FIELDS, JSON_FIELDS
 from gateway.state import RedisKeys
 from gateway.state.batch import evalsha
 from tests.support.procs import ROOT
@@ -45,3 +47,18 @@ def append_batch(
         return connection.read_response()
     finally:
         client.connection_pool.release(connection)
+
+
+def record_from_csv(row: dict[str, str]) -> UsageRecord:
+    """A row of the CSV export (as `csv.DictReader` reads it) back to its record, as a billing
+    system reads it: JSON columns decoded, the `'` that defuses a formula taken off."""
+    fields: dict[str, Any] = {}
+    for name in EXPORT_FIELDS:
+        text = row.get(name, "")
+        if text == "":
+            continue
+        if name in JSON_FIELDS:
+            fields[name] = msgspec.json.decode(text)
+        else:  # undo `_defuse`
+            fields[name] = text[1:] if text.startswith("'") else text
+    return msgspec.convert(fields, UsageRecord)

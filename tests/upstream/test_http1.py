@@ -1,7 +1,7 @@
 """The lean upstream client: keep-alive, stale connections, limits, flow control, framing.
 
 Each scenario runs a raw HTTP server on a loopback socket (asyncio streams, written here byte
-by byte so every framing case is exact) and drives `gateway.http1.Pool` against it.
+by byte so every framing case is exact) and drives `gateway.upstream.http1.Pool` against it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Hypothesis generates what an upstream may send for one request: interim 1xx answers, a final
 answer framed by Content-Length, chunks or the end of the connection, bytes after it (a
 second answer, an unsolicited 100, garbage, empty lines), broken framing and early closes,
-cut into pieces at any points. The same bytes go to `gateway.http1`'s connection (through a
+cut into pieces at any points. The same bytes go to `gateway.upstream`'s connection (through a
 transport that records nothing but writes) and to an `h11.Connection` in the client role;
 the two must agree on the answer, and the connection may go back to the pool only where h11
 says the exchange ended cleanly with nothing after it.

@@ -76,16 +76,16 @@ def rejection(rejected: Rejected, description: str, kind: str) -> RateLimited:
     limit, retry_ms, value = rejected.limit, rejected.retry_ms, rejected.value
     seconds = math.ceil(retry_ms / 1000)
     headers = {"retry-after": str(seconds), "retry-after-ms": str(retry_ms)}
-    kind = limit.script  # OpenAI's headers and error types name two limits so
-    if kind in ("requests", "tokens"):
-        headers[f"x-ratelimit-limit-{kind}"] = str(value)
-        headers[f"x-ratelimit-remaining-{kind}"] = "0"
-        headers[f"x-ratelimit-reset-{kind}"] = duration(retry_ms)
+    named = limit.script  # OpenAI's headers and error types name two limits so
+    if named in ("requests", "tokens"):
+        headers[f"x-ratelimit-limit-{named}"] = str(value)
+        headers[f"x-ratelimit-remaining-{named}"] = "0"
+        headers[f"x-ratelimit-reset-{named}"] = duration(retry_ms)
     daily = limit.setting == "tokens_per_day"
     return RateLimited(
         f"Rate limit reached for {description} on {limit.description}: limit {value}. "
         f"Please try again in {duration(retry_ms)}.",
-        type_="insufficient_quota" if daily else ("tokens" if kind == "tokens" else "requests"),
+        type_="insufficient_quota" if daily else ("tokens" if named == "tokens" else "requests"),
         code="insufficient_quota" if daily else "rate_limit_exceeded",
         headers=headers,
         limit=limit.setting,

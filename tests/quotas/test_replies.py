@@ -16,6 +16,7 @@ from gateway.quotas.replies import (
     Rejected,
     admit_reply,
     peek_reply,
+    rejection,
 )
 from gateway.settings import QuotaLimits
 from gateway.state import RedisKeys
@@ -83,3 +84,29 @@ def test_admit_and_peek_decode_what_the_scripts_answer(redis_server: RedisServer
         },
         {"concurrent_requests": {"limit": 1, "used": 1, "remaining": 0}},
     ]
+
+
+def test_a_rejection_is_told_as_openai_tells_it() -> None:
+    """The 429 names the limit as the configuration does and the scope's kind, never which
+    one; its headers and type follow OpenAI's for the per-minute limits."""
+    error = rejection(Rejected(0, LIMITS[1], 1500, 1000), "API key k1", "key")
+    assert (error.limit, error.scope, error.type, error.code) == (
+        "tokens_per_minute",
+        "key",
+        "tokens",
+        "rate_limit_exceeded",
+    )
+    assert error.headers == {
+        "retry-after": "2",
+        "retry-after-ms": "1500",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "1.5s",
+    }
+    assert error.message.startswith("Rate limit reached for API key k1 on tokens per minute (TPM)")
+    daily = rejection(Rejected(0, LIMITS[2], 5000, 10), "user u", "user")
+    assert (daily.type, daily.code, daily.scope) == (
+        "insufficient_quota",
+        "insufficient_quota",
+        "user",
+    )

@@ -109,7 +109,7 @@ def create_app(
             "Models",
             (ModelsController,),
             {  # `models` provided only where used (Litestar answers 500 to any parameter that
-                # fails validation and shares a dependency's name: see admin.py)
+                # fails validation and shares a dependency's name: see admin/keys_api.py)
                 "guards": [caller_guard],
                 "dependencies": {"models": Provide(provide_models, sync_to_thread=False)},
             },

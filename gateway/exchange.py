@@ -1,6 +1,5 @@
-"""What the gateway knows about one request while it runs (its record, `gateway/ledger/record.py`,
-is what
-the canonical log line and the usage ledger keep of it)."""
+"""What the gateway knows about one request while it runs (its record, built by
+`gateway/ledger/record.py`, is what the canonical log line and the usage ledger keep of it)."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def forwardable(name: str) -> bool:
 # Response headers never passed back: framing uvicorn recomputes, the provider's cookies and
 # account details, (any `x-ratelimit-*`) the provider's own rate-limit view of the org's
 # shared key, which is not the caller's quota, and (any `access-control-*`) the provider's CORS
-# answer: which pages may read an answer is the gateway's decision (`cors.py`).
+# answer: which pages may read an answer is the gateway's decision (`gateway/server/cors.py`).
 _DROP_DOWNSTREAM_PREFIXES = (b"x-ratelimit-", b"access-control-")
 _DROP_DOWNSTREAM = _HOP_BY_HOP | {
     b"content-length",

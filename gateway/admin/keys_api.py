@@ -161,7 +161,8 @@ class AdminController(Controller):
         """Replace `user`'s overrides; they apply to the next request on every replica."""
         data = await _body(request, _limits)
         await limiter.set_overrides(user, data)
-        log.info("limits_updated", owner=user, limits=msgspec.to_builtins(data))
+        given = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+        log.info("limits_updated", owner=user, limits=given)
         return UserLimits(user, data)
 
     @delete("/users/{user:str}/limits", status_code=200)

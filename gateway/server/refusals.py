@@ -10,7 +10,7 @@ from __future__ import annotations
 import structlog
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from ..errors import GatewayError
+from ..errors import GatewayError, render
 from ..request_ids import RequestIds
 from ..settings import ServerSettings
 
@@ -58,16 +58,13 @@ class FrontDoor:
         """The answer to a request refused here (after uvicorn's `default_headers`), logged."""
         request_id = self.ids.new()
         self.log.info("request_rejected", reason=reason, status=error.status, request_id=request_id)
-        body = error.body()
+        body, fields = render(error, request_id)
         lines = [STATUS_LINE[error.status]]
         for name, value in default_headers:
             lines += (name, b": ", value, b"\r\n")
-        lines += (
-            b"content-type: application/json\r\ncontent-length: ",
-            str(len(body)).encode(),
-            b"\r\nx-request-id: ",
-            request_id.encode(),
-            b"\r\nconnection: close\r\n\r\n",
-            body,
-        )
+        lines += (b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode())
+        lines.append(b"\r\n")
+        for field, text in fields:
+            lines += (field.encode("latin-1"), b": ", text.encode("latin-1"), b"\r\n")
+        lines += (b"connection: close\r\n\r\n", body)
         return b"".join(lines)

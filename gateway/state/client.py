@@ -163,7 +163,7 @@ def checked_connections(cluster: RedisCluster) -> None:
 
     redis-py's Cluster takes no connection class: it is set where its nodes read it, the
     connection options its `NodesManager` builds nodes with and the nodes already built (the
-    one of the URL). `tests/test_redis_cluster.py` pins this contract by name."""
+    one of the URL). `tests/state/test_redis_cluster.py` pins this contract by name."""
     options = cluster.connection_kwargs
     built = options.get("connection_class")
     if built not in _CHECKED:
@@ -233,7 +233,7 @@ def unreachable(client: Client) -> None:
     """A node did not answer (it may have failed over): learn the Cluster's nodes and slots
     again before the next call, as redis-py does after a connection error (since 8.2, at most
     once a second). redis-py has no public call for this; `_initialize` is the flag its own
-    `initialize()` reads (`tests/test_redis_cluster.py` pins it)."""
+    `initialize()` reads (`tests/state/test_redis_cluster.py` pins it)."""
     if isinstance(client, RedisCluster):
         client._initialize = True
 

@@ -1,8 +1,8 @@
 """The calls to providers: one connection pool per provider, errors mapped once.
 
-The pools are `http1.Pool`s, a lean HTTP/1.1 client: on one core it carries about 40 times
-httpx's requests per second and 3 times aiohttp's (`python -m bench.clients`; the figures
-are in bench/README.md).
+The pools are `http1.Pool`s, a lean HTTP/1.1 client: on one core it carried about 28 times
+httpx's requests per second and twice aiohttp's when they were compared (`python -m
+bench.clients`; the figures are in bench/README.md).
 """
 
 from __future__ import annotations

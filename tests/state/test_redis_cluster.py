@@ -228,7 +228,8 @@ def test_connections_the_nodes_closed_cost_no_request(
 def test_redis_py_hands_out_no_cluster_connection_a_node_closed(
     cluster: RedisClusterNodes,
 ) -> None:
-    """The contract `redis_client.checked_connections` has with redis-py: every node of the
+    """The contract `gateway/state/client.py`'s `checked_connections` has with redis-py: every node
+    of the
     gateway's Cluster client, the one of its URL (only topology refreshes use it) and those it
     discovered, makes `ClusterConnection`s; one the node closed says so (`should_reconnect`),
     and the node's next command, which asks, reconnects instead of failing. A redis-py that
@@ -268,7 +269,8 @@ def test_redis_py_hands_out_no_cluster_connection_a_node_closed(
 def test_redis_py_refreshes_the_topology_when_told_a_node_was_unreachable(
     cluster: RedisClusterNodes,
 ) -> None:
-    """The contract `redis_client.unreachable` has with redis-py: told, the gateway's Cluster
+    """The contract `gateway/state/client.py`'s `unreachable` has with redis-py: told, the gateway's
+    Cluster
     client asks the nodes for their slots again before its next command, and not untold
     (redis-py runs such refreshes at most once a second). A redis-py that reads another flag
     fails here, by name."""

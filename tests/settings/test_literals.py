@@ -7,10 +7,9 @@ tree is checked without a line here; the allowed values in the message come from
 from __future__ import annotations
 
 import copy
-import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 import pytest
@@ -18,6 +17,7 @@ import yaml
 
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.settings.loading import _error
+from gateway.settings.walk import options
 
 Step = str | int
 Path_ = tuple[Step, ...]
@@ -42,22 +42,13 @@ WRONG = ("not-one-of-them", 7)
 """A string outside the choices, and a value of the wrong type."""
 
 
-def _options(tp: Any) -> list[Any]:
-    """The types `tp` may be, without `None` and `Annotated`."""
-    if get_origin(tp) is Annotated:
-        return _options(get_args(tp)[0])
-    if get_origin(tp) in (Union, types.UnionType):
-        return [option for member in get_args(tp) for option in _options(member)]
-    return [] if tp is type(None) else [tp]
-
-
 def _shown(path: Path_) -> str:
     return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)[1:]
 
 
 def _literals(tp: Any, raw: Any, path: Path_) -> Iterator[tuple[Path_, tuple[str, ...]]]:
     """Every `Literal` field at or under `path` (typed `tp`, holding `raw` in FULL)."""
-    for option in _options(tp):
+    for option in options(tp):
         origin, args = get_origin(option), get_args(option)
         if origin is Literal:
             yield path, tuple(str(value) for value in args)

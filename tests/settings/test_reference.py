@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import inspect
 import re
-import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 import msgspec
 import pytest
@@ -24,18 +23,10 @@ from gateway.settings.reference import (
     render,
     repository_root,
 )
+from gateway.settings.walk import options
 from tests.support.procs import ROOT
 
 REGENERATE = f".venv/bin/{COMMAND}"
-
-
-def _options(tp: Any) -> list[Any]:
-    """The types `tp` may be, without `None` and `Annotated`."""
-    if get_origin(tp) is Annotated:
-        return _options(get_args(tp)[0])
-    if get_origin(tp) in (Union, types.UnionType):
-        return [option for member in get_args(tp) for option in _options(member)]
-    return [] if tp is type(None) else [tp]
 
 
 def _is_struct(tp: Any) -> bool:
@@ -47,7 +38,7 @@ def _structs(path: str, struct: type[msgspec.Struct]) -> Iterator[tuple[str, typ
     yield path, struct
     for field in msgspec.structs.fields(struct):
         where = f"{path}.{field.encode_name}".lstrip(".")
-        for option in _options(field.type):
+        for option in options(field.type):
             origin, args = get_origin(option), get_args(option)
             if _is_struct(option):
                 yield from _structs(where, option)

@@ -84,9 +84,19 @@ def _fixed_headers(provider: ProviderSettings) -> dict[str, str]:
     headers = {k.lower(): v for k, v in provider.headers.items()}
     headers["content-type"] = "application/json"
     headers["accept-encoding"] = "identity"  # bodies pass through as sent: no re-encoding
-    if provider.api_key and provider.base_url != EMBEDDED:
-        headers["authorization"] = f"Bearer {provider.api_key}"
+    key = provider.api_key
+    if key and provider.base_url != EMBEDDED and provider.auth != "none":
+        name, template = _AUTH_HEADERS[provider.auth]
+        headers[name] = template.format(key)
     return headers
+
+
+_AUTH_HEADERS = {
+    "bearer": ("authorization", "Bearer {}"),
+    "api-key": ("api-key", "{}"),
+    "x-api-key": ("x-api-key", "{}"),
+}
+"""The header each `providers.*.auth` style sends the provider key in, and its value."""
 
 
 def _forwarded(provider: ProviderSettings) -> frozenset[bytes]:

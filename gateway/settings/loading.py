@@ -124,6 +124,11 @@ def _check_references(settings: Settings, source: str) -> None:
                     "(letters, digits, -) and a value on one line"
                 )
         _check_forward_headers(name, provider, source)
+        if provider.auth == "none" and provider.api_key:
+            raise ConfigError(
+                f"{source}: providers.{name}.api_key: expected no key with `auth: none` (the "
+                "key would never be sent): remove it, or choose how it is sent"
+            )
         url = provider.base_url
         if url != EMBEDDED and not re.match(r"^https?://[^/\s]+", url):
             raise ConfigError(

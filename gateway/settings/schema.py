@@ -33,8 +33,13 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     (requests go to its ``/responses``); ``embedded`` for the built-in upstream, started inside
     the gateway on a loopback port."""
     api_key: str | None = None
-    """Sent upstream as ``Authorization: Bearer`` (never to an ``embedded`` provider); give it
-    as ``${VAR}``, from the environment."""
+    """The gateway's key for this provider, sent as `auth` says (never to an ``embedded``
+    provider); give it as ``${VAR}``, from the environment."""
+    auth: Literal["bearer", "api-key", "x-api-key", "none"] = "bearer"
+    """How `api_key` is presented: ``bearer`` as ``Authorization: Bearer`` (OpenAI and most
+    servers), ``api-key`` as the ``api-key`` header (Azure OpenAI), ``x-api-key`` as that header,
+    ``none`` for a server that takes no key (a self-hosted vLLM: `api_key` must then be unset).
+    The client's own credential is never forwarded, whatever the style."""
     drop_fields: tuple[str, ...] = ()
     """Top-level request fields removed before forwarding (OpenAI rejects ``stop`` and
     ``stream_options.include_usage`` on /v1/responses: list ``stop`` and ``stream_options``)."""

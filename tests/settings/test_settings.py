@@ -152,6 +152,16 @@ BAD: dict[str, tuple[str, list[str]]] = {
         GOOD + "auth: {admin_key: short}\n",
         ["auth.admin_key", "length >= 16"],
     ),
+    "key_never_sent": (
+        "providers: {vllm: {base_url: 'http://x', api_key: k, auth: none}}\n"
+        "models: [{name: m, provider: vllm}]\n",
+        ["providers.vllm.api_key", "auth: none"],
+    ),
+    "auth_style": (
+        "providers: {azure: {base_url: 'http://x', api_key: k, auth: header}}\n"
+        "models: [{name: m, provider: azure}]\n",
+        ["providers.azure.auth", "bearer, api-key, x-api-key, none"],
+    ),
     "sso_missing_audience": (
         GOOD + "auth: {sso: {issuer: i, jwks_url: 'https://x/jwks'}}\n",
         ["auth.sso", "missing required field `audience`"],

@@ -231,7 +231,10 @@ class Runtime:
             from .mock import MockSettings, start_mock_server  # only needed in this mode
 
             served = tuple(
-                m.upstream_model or m.name for m in self.settings.models if m.provider == name
+                d.upstream_model or m.name
+                for m in self.settings.models
+                for d in m.served_by()
+                if d.provider == name
             )
             runner, url = await start_mock_server(MockSettings(models=served))
             self._embedded.append(runner)

@@ -1,4 +1,4 @@
-"""Which provider serves a model, and how the request body is adapted for it."""
+"""Which deployment (provider) serves a request for a model, and how its body is adapted for it."""
 
 from __future__ import annotations
 
@@ -53,31 +53,74 @@ class Route:
 
 
 class Router:
-    """Resolves a request's `model` to its `Route`."""
+    """Resolves a request's `model` to the `Route` of one of its deployments."""
 
     def __init__(self, settings: Settings, base_urls: dict[str, str]) -> None:
         """`base_urls` gives the real URL of providers whose configured one is `embedded`."""
-        self._routes: dict[str, Route] = {}
+        self._single: dict[str, Route] = {}
+        self._several: dict[str, Weighted] = {}
         for model in settings.models:
-            provider = settings.providers[model.provider]
-            base = base_urls.get(model.provider, provider.base_url)
-            fixed = _fixed_headers(provider)
-            self._routes[model.name] = Route(
-                model=model.name,
-                provider=model.provider,
-                upstream_model=model.upstream_model or model.name,
-                path=(urlsplit(base).path.rstrip("/") + "/responses").encode(),
-                fixed_headers=b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in fixed.items()),
-                forwarded=_forwarded(provider) - {k.encode() for k in fixed},
-                drop_fields=frozenset(provider.drop_fields),
-            )
+            routes = [
+                _route(model.name, d.provider, d.upstream_model, settings, base_urls)
+                for d in model.served_by()
+            ]
+            if len(routes) == 1:
+                self._single[model.name] = routes[0]
+            else:
+                self._several[model.name] = Weighted(routes, [d.weight for d in model.deployments])
 
     def resolve(self, model: str) -> Route:
-        """The route for `model`, or 404 `model_not_found`."""
-        route = self._routes.get(model)
-        if route is None:
+        """The route for `model` (the next of its deployments), or 404 `model_not_found`."""
+        route = self._single.get(model)
+        if route is not None:
+            return route
+        several = self._several.get(model)
+        if several is None:
             raise ModelNotFound(model)
-        return route
+        return several.pick()
+
+
+class Weighted:
+    """Smooth weighted round robin: of every sum-of-weights picks, each route gets exactly its
+    weight, spread evenly (3:1 picks A A B A, never A A A B), not a random draw."""
+
+    __slots__ = ("_current", "_routes", "_total", "_weights")
+
+    def __init__(self, routes: list[Route], weights: list[int]) -> None:
+        self._routes, self._weights = routes, weights
+        self._current = [0] * len(routes)
+        self._total = sum(weights)
+
+    def pick(self) -> Route:
+        """The next route."""
+        current, best = self._current, 0
+        for i, weight in enumerate(self._weights):
+            current[i] += weight
+            if current[i] > current[best]:
+                best = i
+        current[best] -= self._total
+        return self._routes[best]
+
+
+def _route(
+    model: str,
+    provider_name: str,
+    upstream_model: str | None,
+    settings: Settings,
+    base_urls: dict[str, str],
+) -> Route:
+    provider = settings.providers[provider_name]
+    base = base_urls.get(provider_name, provider.base_url)
+    fixed = _fixed_headers(provider)
+    return Route(
+        model=model,
+        provider=provider_name,
+        upstream_model=upstream_model or model,
+        path=(urlsplit(base).path.rstrip("/") + "/responses").encode(),
+        fixed_headers=b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in fixed.items()),
+        forwarded=_forwarded(provider) - {k.encode() for k in fixed},
+        drop_fields=frozenset(provider.drop_fields),
+    )
 
 
 def _fixed_headers(provider: ProviderSettings) -> dict[str, str]:

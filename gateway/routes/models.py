@@ -26,7 +26,10 @@ class ModelList(msgspec.Struct):
 def model_list(settings: Settings) -> ModelList:
     """The configured models, in configuration order."""
     return ModelList(
-        data=[Model(m.name, m.created, m.owned_by or m.provider) for m in settings.models]
+        data=[
+            Model(m.name, m.created, m.owned_by or m.served_by()[0].provider)
+            for m in settings.models
+        ]
     )
 
 

@@ -15,6 +15,7 @@ from .redis import RedisSettings, RedisTlsSettings
 from .root import Settings
 from .schema import (
     EMBEDDED,
+    DeploymentSettings,
     LedgerSettings,
     LoggingSettings,
     MetricsSettings,
@@ -27,6 +28,7 @@ __all__ = [
     "EMBEDDED",
     "AuthSettings",
     "ConfigError",
+    "DeploymentSettings",
     "KeySettings",
     "LedgerSettings",
     "LimitsSettings",

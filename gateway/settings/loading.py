@@ -106,13 +106,25 @@ def _check_references(settings: Settings, source: str) -> None:
     if not settings.models:
         raise ConfigError(f"{source}: models: expected at least one model")
     seen: set[str] = set()
+    known = ", ".join(sorted(settings.providers)) or "none"
     for index, model in enumerate(settings.models):
-        if model.provider not in settings.providers:
-            known = ", ".join(sorted(settings.providers)) or "none"
+        where = f"{source}: models[{index}]"
+        if (model.provider is None) == (not model.deployments):
             raise ConfigError(
-                f"{source}: models[{index}].provider: expected one of the keys under "
-                f"`providers` ({known}), got `{model.provider}`"
+                f"{where}: expected either `provider` (one upstream) or `deployments` (several), "
+                f"{'not both' if model.provider is not None else 'got neither'}"
             )
+        if model.deployments and model.upstream_model is not None:
+            raise ConfigError(
+                f"{where}.upstream_model: expected it on each of `deployments`, not on the model"
+            )
+        for position, deployment in enumerate(model.served_by()):
+            if deployment.provider not in settings.providers:
+                field = f"deployments[{position}].provider" if model.deployments else "provider"
+                raise ConfigError(
+                    f"{where}.{field}: expected one of the keys under `providers` ({known}), "
+                    f"got `{deployment.provider}`"
+                )
         if model.name in seen:
             raise ConfigError(f"{source}: models[{index}].name: `{model.name}` is listed twice")
         seen.add(model.name)

@@ -74,19 +74,45 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     usage is then estimated (``usage_estimated`` in its record)."""
 
 
-class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A model clients may ask for, and the provider that serves it."""
+class DeploymentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One of the upstreams that serve a model: a provider, the name it knows the model by,
+    and its share of the model's requests."""
 
-    name: Annotated[str, msgspec.Meta(min_length=1)]
-    """What clients send as ``model``; each name is listed once."""
     provider: str
     """Key of an entry under ``providers``."""
     upstream_model: str | None = None
-    """The name the provider knows, when it differs from ``name``."""
+    """The name this provider knows the model by, when it differs from the model's ``name``
+    (an Azure OpenAI deployment's name, say)."""
+    weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    """Its share of the model's requests against the other deployments' weights: of every
+    sum-of-weights requests a replica forwards, exactly this many, spread evenly."""
+
+
+class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A model clients may ask for, and the upstreams that serve it: one ``provider`` (the
+    short form), or several ``deployments``."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    """What clients send as ``model``; each name is listed once."""
+    provider: str | None = None
+    """Key of an entry under ``providers``: the one provider serving this model (give this or
+    ``deployments``)."""
+    upstream_model: str | None = None
+    """The name the provider knows, when it differs from ``name`` (with ``provider``; each
+    deployment has its own)."""
+    deployments: tuple[DeploymentSettings, ...] = ()
+    """Several upstreams serving this model, each request sent to one of them by weight
+    (smooth weighted round robin, on each replica); instead of ``provider``."""
     owned_by: str | None = None
-    """``owned_by`` in ``/v1/models``; defaults to the provider's key."""
+    """``owned_by`` in ``/v1/models``; defaults to the (first deployment's) provider's key."""
     created: int = 0
     """``created`` (unix seconds) in ``/v1/models``."""
+
+    def served_by(self) -> tuple[DeploymentSettings, ...]:
+        """Its deployments: the short form is one, of weight 1."""
+        if self.deployments:
+            return self.deployments
+        return (DeploymentSettings(self.provider or "", self.upstream_model),)
 
 
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

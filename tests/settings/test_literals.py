@@ -24,7 +24,7 @@ Path_ = tuple[Step, ...]
 
 FULL: dict[str, Any] = {
     "providers": {"openai": {"base_url": "https://api.openai.com/v1", "api_key": "k"}},
-    "models": [{"name": "m", "provider": "openai"}],
+    "models": [{"name": "m", "deployments": [{"provider": "openai"}]}],
     "server": {},
     "logging": {},
     "redis": {"url": "rediss://cache:6379/0", "tls": {}},

@@ -152,6 +152,30 @@ BAD: dict[str, tuple[str, list[str]]] = {
         GOOD + "auth: {admin_key: short}\n",
         ["auth.admin_key", "length >= 16"],
     ),
+    "provider_and_deployments": (
+        "providers: {a: {base_url: 'http://x'}}\n"
+        "models: [{name: m, provider: a, deployments: [{provider: a}]}]\n",
+        ["models[0]", "either `provider`", "not both"],
+    ),
+    "no_provider": (
+        "providers: {a: {base_url: 'http://x'}}\nmodels: [{name: m}]\n",
+        ["models[0]", "got neither"],
+    ),
+    "deployment_unknown_provider": (
+        "providers: {a: {base_url: 'http://x'}}\n"
+        "models: [{name: m, deployments: [{provider: a}, {provider: b, weight: 2}]}]\n",
+        ["models[0].deployments[1].provider", "`b`", "(a)"],
+    ),
+    "upstream_model_beside_deployments": (
+        "providers: {a: {base_url: 'http://x'}}\n"
+        "models: [{name: m, upstream_model: u, deployments: [{provider: a}]}]\n",
+        ["models[0].upstream_model", "each of `deployments`"],
+    ),
+    "deployment_weight": (
+        "providers: {a: {base_url: 'http://x'}}\n"
+        "models: [{name: m, deployments: [{provider: a, weight: 0}]}]\n",
+        ["models[0].deployments[0].weight", ">= 1"],
+    ),
     "key_never_sent": (
         "providers: {vllm: {base_url: 'http://x', api_key: k, auth: none}}\n"
         "models: [{name: m, provider: vllm}]\n",

@@ -41,7 +41,7 @@ class Following:
 
 
 async def checkpoint_forever(
-    following: dict[int, Following],
+    following: set[Following],
     settings: LedgerSettings,
     ids: RequestIds,
     save: Callable[[UsageRecord], None],
@@ -52,24 +52,24 @@ async def checkpoint_forever(
     it started (it was first seen here within a quarter of its start), then every
     interval. A stream gets its record id at its first save (its record must carry it).
 
-    `following`: the `Ledger`'s running streams, by the id of their `Following`; `ids`: its
-    record ids; `save`: its `Ledger.save`."""
+    `following`: the `Ledger`'s running streams; `ids`: its record ids; `save`: its
+    `Ledger.save`."""
     every = settings.checkpoint_seconds
-    due: dict[int, tuple[Following, float]] = {}
+    due: dict[Following, float] = {}
+    """When each stream seen is next due."""
     while True:
         await asyncio.sleep(every / 4)
         now = time.monotonic()
-        for key, (stream, _) in list(due.items()):
-            if following.get(key) is not stream:
-                del due[key]  # ended (its key may now be another stream's)
-        for key, stream in following.items():
-            seen = due.get(key)
-            if seen is None:
-                due[key] = (stream, now + every * 0.75)
+        for ended in [stream for stream in due if stream not in following]:
+            del due[ended]
+        for stream in following:
+            when = due.get(stream)
+            if when is None:
+                due[stream] = now + every * 0.75
                 continue
-            if seen[1] > now:
+            if when > now:
                 continue
-            due[key] = (stream, now + every)
+            due[stream] = now + every
             try:
                 if not stream.record_id:
                     stream.record_id = ids.new()
